@@ -1,0 +1,45 @@
+"""Sources: anything that produces measurements (simulators today; buses and radios later).
+
+A source is an object with a ``name`` and an ``async run(emit)`` coroutine that loops until
+it is cancelled, calling ``await emit(records, priority)`` for every poll. ``emit`` returns
+once the records are durably stored (the store's group commit), which is also how a slow
+disk pushes back on a fast source.
+
+The agent builds sources from config through :func:`build_source`. Simulated sources live
+in ``hil/`` and are imported lazily, so a production gateway never loads them unless its
+config names a ``sim.*`` type.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from .model import Priority, Record
+
+Emit = Callable[[Sequence[Record], Priority], Awaitable[None]]
+
+
+class Source(Protocol):
+    name: str
+
+    async def run(self, emit: Emit) -> None: ...
+
+
+# source type (as written in config) -> "module:factory"; the factory takes the source's
+# config object and returns a Source.
+SOURCE_TYPES: dict[str, str] = {
+    "sim.counter": "hil.sources:CounterSource.from_config",
+    "sim.env": "hil.sources:EnvironmentSensor.from_config",
+}
+
+
+def build_source(cfg: Any) -> Source:
+    target = SOURCE_TYPES[cfg.type]
+    module_name, _, attr_path = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for attr in attr_path.split("."):
+        obj = getattr(obj, attr)
+    source: Source = obj(cfg)
+    return source

@@ -1,0 +1,21 @@
+"""Durable on-disk queue of CBOR records (see :mod:`passerelle.store.segments`)."""
+
+from .segments import (
+    EVICTION_CAUSES,
+    DurableStore,
+    Segment,
+    StoreClosed,
+    StoreError,
+    StoreFull,
+    StoreStats,
+)
+
+__all__ = [
+    "EVICTION_CAUSES",
+    "DurableStore",
+    "Segment",
+    "StoreClosed",
+    "StoreError",
+    "StoreFull",
+    "StoreStats",
+]

@@ -1,0 +1,180 @@
+"""The durable store's contract, on a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from passerelle.model import Priority, Record
+from passerelle.store import DurableStore, StoreClosed, StoreFull
+
+
+def recs(n: int, start: int = 0, device: str = "counter", t0: float = 1.8e9) -> list[Record]:
+    return [Record(device, "counter", i, t0 + i * 0.01) for i in range(start, start + n)]
+
+
+async def drain(store: DurableStore) -> list[tuple[Priority, Record]]:
+    out = []
+    while segments := await store.lease(8):
+        for seg in segments:
+            out.extend((seg.priority, r) for r in seg.records)
+            store.ack(seg.seq)
+        await store.sync()
+    return out
+
+
+async def test_put_lease_ack_roundtrip(tmp_path: Path) -> None:
+    async with DurableStore(tmp_path / "s.db") as store:
+        await store.put_many(recs(10))
+        await store.put(Record("door", "open", True, 1.8e9, None), Priority.ALARM)
+        st = store.stats()
+        assert st.depth == 11
+        got = await drain(store)
+        # Alarms drain first, then the rest in order.
+        assert got[0] == (Priority.ALARM, Record("door", "open", True, 1.8e9, None))
+        assert [r.value for _, r in got[1:]] == list(range(10))
+        assert store.stats().depth == 0
+
+
+async def test_records_survive_reopen_and_seq_never_repeats(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with DurableStore(path) as store:
+        await store.put_many(recs(5))
+        segs = await store.lease()
+        first_seq = segs[0].seq
+        for s in segs:
+            store.ack(s.seq)
+    async with DurableStore(path) as store:
+        assert store.stats().depth == 0
+        await store.put_many(recs(3, 5))
+        (seg,) = await store.lease()
+        # The store emptied, yet the sequence goes on: idempotency keys never repeat.
+        assert seg.seq == first_seq + 5
+    async with DurableStore(path) as store:
+        assert [r.value for _, r in await drain(store)] == [5, 6, 7]
+
+
+async def test_unacked_records_are_leased_again_after_release(tmp_path: Path) -> None:
+    async with DurableStore(tmp_path / "s.db") as store:
+        await store.put_many(recs(4))
+        (seg,) = await store.lease()
+        assert await store.lease() == []  # leased: not handed out twice
+        store.release()
+        (again,) = await store.lease()
+        assert again.seq == seg.seq and again.records == seg.records
+
+
+async def test_concurrent_puts_share_commits(tmp_path: Path) -> None:
+    async with DurableStore(tmp_path / "s.db", max_delay=0.01) as store:
+        await asyncio.gather(*(store.put(r) for r in recs(500)))
+        st = store.stats()
+        assert st.depth == 500
+        assert st.commits < 50, st.commits  # group commit, not one fsync per record
+
+
+async def test_full_store_evicts_lowest_priority_oldest_first(tmp_path: Path) -> None:
+    async with DurableStore(tmp_path / "s.db", max_bytes=6000, max_delay=0) as store:
+        await store.put_many(recs(100, 0, "alarm-src"), Priority.ALARM)
+        await store.put_many(recs(100, 0, "energy"), Priority.ENERGY)
+        for k in range(10):
+            await store.put_many(recs(100, k * 100, "telemetry"), Priority.TELEMETRY)
+        st = store.stats()
+        assert st.bytes <= 6000
+        assert st.evicted["full"] > 0
+        kept = await drain(store)
+        devices = {r.device for _, r in kept}
+        assert {"alarm-src", "energy"} <= devices  # higher priorities kept
+        values = [r.value for _, r in kept if r.device == "telemetry"]
+        assert values == sorted(values) and values[-1] == 999  # the newest routine data kept
+        assert st.evicted["full"] == 1000 - len(values)
+    # The eviction count survives a restart: never silent.
+    async with DurableStore(tmp_path / "s.db", max_bytes=6000) as store:
+        assert store.stats().evicted["full"] == st.evicted["full"]
+
+
+async def test_ttl_and_clock_going_backwards(tmp_path: Path) -> None:
+    now = [1.8e9]
+    async with DurableStore(tmp_path / "s.db", ttl=3600, clock=lambda: now[0]) as store:
+        await store.put_many(recs(10))
+        now[0] -= 86400  # clock went backwards a day: nothing expires, age is not negative
+        assert await store.expire() == 0
+        assert store.stats().oldest_age == 0.0
+        now[0] += 86400 + 1800
+        assert await store.expire() == 0
+        now[0] += 3600
+        assert await store.expire() == 10
+        assert store.stats().evicted["ttl"] == 10 and store.stats().depth == 0
+
+
+async def test_corrupt_database_is_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not a database, a worn SD card wrote it" * 200)
+    alarms: list[tuple[str, str]] = []
+    async with DurableStore(path, on_alarm=lambda c, t: alarms.append((c, t))) as store:
+        assert store.stats().quarantined == 1
+        assert alarms and alarms[0][0] == "store.corrupt"
+        await store.put_many(recs(3))
+        assert store.stats().depth == 3
+    quarantined = list(tmp_path.glob("s.db.corrupt-*"))
+    assert quarantined and quarantined[0].read_bytes().startswith(b"this is not")
+    async with DurableStore(path) as store:  # the count persists in the new file
+        assert store.stats().quarantined == 1 and store.stats().depth == 3
+
+
+async def test_corrupt_page_inside_database_is_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with DurableStore(path) as store:
+        for k in range(20):
+            await store.put_many(recs(500, k * 500))
+    raw = bytearray(path.read_bytes())
+    for off in range(4096 * 2, len(raw), 4096):  # trash every page but the header's
+        raw[off : off + 64] = b"\xff" * 64
+    path.write_bytes(bytes(raw))
+    async with DurableStore(path) as store:
+        assert store.stats().quarantined == 1
+        await store.put_many(recs(1))
+
+
+async def test_full_disk_evicts_and_keeps_running(tmp_path: Path) -> None:
+    alarms: list[str] = []
+    async with DurableStore(
+        tmp_path / "s.db", max_pages=40, max_delay=0, on_alarm=lambda c, t: alarms.append(c)
+    ) as store:
+        for k in range(60):
+            await store.put_many(recs(200, k * 200), Priority.TELEMETRY)
+        st = store.stats()
+        assert st.evicted["disk_full"] > 0
+        assert "store.disk_full" in alarms
+        # Newest data is there and the store still works.
+        values = [r.value for _, r in await drain(store)]
+        assert values[-1] == 60 * 200 - 1
+        assert values == sorted(values)
+
+
+async def test_put_bigger_than_the_disk_fails_clearly(tmp_path: Path) -> None:
+    async with DurableStore(tmp_path / "s.db", max_pages=12, max_delay=0) as store:
+        big = [Record("cam", "blob", os.urandom(4000), 1.8e9) for _ in range(40)]
+        with pytest.raises(StoreFull):
+            await store.put_many(big)
+        await store.put_many(recs(2))  # the store goes on
+        assert store.stats().depth == 2
+
+
+async def test_put_after_close_is_refused(tmp_path: Path) -> None:
+    store = DurableStore(tmp_path / "s.db")
+    await store.open()
+    await store.close()
+    with pytest.raises(StoreClosed):
+        await store.put_many(recs(1))
+
+
+async def test_database_file_uses_wal_and_full_sync(tmp_path: Path) -> None:
+    async with DurableStore(tmp_path / "s.db") as store:
+        await store.put_many(recs(1))
+        db = sqlite3.connect(tmp_path / "s.db")
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.close()
