@@ -160,6 +160,7 @@ class DurableStore:
         self._leased: set[int] = set()
         self._acked_pending: list[int] = []
         self._lock = asyncio.Lock()  # one DB job at a time from the loop's side
+        self._committed = asyncio.Event()  # new records to lease
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -233,6 +234,8 @@ class DurableStore:
                         )
                         group.done.exception()  # retrieved: no "never retrieved" warning
                 else:
+                    if group.count:
+                        self._committed.set()
                     if group.done is not None and not group.done.done():
                         group.done.set_result(None)
             if self._closing and not self._group.count:
@@ -242,9 +245,17 @@ class DurableStore:
 
     async def lease(self, max_segments: int = 4) -> list[Segment]:
         """The next segments to send, highest priority then oldest, not already leased."""
+        self._committed.clear()  # before reading: a commit after this wakes wait_for_data
         segments: list[Segment] = await self._run(self._read, max_segments)  # type: ignore[assignment]
         self._leased.update(s.seq for s in segments)
         return segments
+
+    async def wait_for_data(self, timeout: float) -> None:
+        """Wait until a commit adds records (or ``timeout`` passes)."""
+        try:
+            await asyncio.wait_for(self._committed.wait(), timeout)
+        except TimeoutError:
+            pass
 
     def release(self, seqs: Sequence[int] | None = None) -> None:
         """Give leased segments back (uplink lost); they will be leased again."""

@@ -1,0 +1,237 @@
+"""The composition root: reads the config, builds the parts, wires and supervises them.
+
+Nothing else knows how the whole is assembled. Each part runs as a supervised task: if it
+crashes it is logged and restarted with exponential backoff, and the others go on. SIGTERM
+(or SIGINT) stops the sources first, then commits what is pending, says goodbye on
+``state`` and closes the store cleanly, so a restart finds a checkpointed database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config
+from .model import Priority, Record
+from .sources import Source, build_source
+from .store import DurableStore, StoreError
+from .systemd import SystemdNotifier
+from .uplink import Uplink, UplinkSettings
+
+log = logging.getLogger("passerelle.agent")
+
+HOUSEKEEPING_INTERVAL = 60.0
+
+
+def uplink_settings(cfg: Config) -> UplinkSettings:
+    up = cfg.uplink
+    return UplinkSettings(
+        gateway_id=cfg.gateway.id,
+        host=up.host,
+        port=up.port,
+        tls=up.tls,
+        ca_file=up.ca_file,
+        cert_file=up.cert_file,
+        key_file=up.key_file,
+        protocol=up.protocol,
+        client_id=up.client_id,
+        username=up.username,
+        password_file=up.password_file,
+        keepalive=up.keepalive,
+        batch_records=up.batch_records,
+        max_rate=up.max_rate,
+        max_inflight=up.max_inflight,
+        backoff_initial=up.backoff_initial,
+        backoff_max=up.backoff_max,
+        state_interval=up.state_interval,
+    )
+
+
+class Agent:
+    """One gateway agent. ``await Agent(cfg).run()`` until ``stop()`` or SIGTERM."""
+
+    def __init__(self, cfg: Config, *, notifier: SystemdNotifier | None = None) -> None:
+        self.cfg = cfg
+        self.notifier = notifier or SystemdNotifier()
+        self.started = time.time()
+        self.store = DurableStore(
+            Path(cfg.gateway.data_dir) / "store.db",
+            max_bytes=cfg.store.max_bytes,
+            ttl=cfg.store.ttl,
+            max_delay=cfg.store.max_delay,
+            on_alarm=self._alarm_from_store,
+        )
+        self.sources: list[Source] = [build_source(s) for s in cfg.sources]
+        self.produced: Counter[str] = Counter()  # records stored, per source
+        self.dropped: Counter[str] = Counter()  # records lost before the store, per cause
+        self.restarts: Counter[str] = Counter()
+        self.uplink = Uplink(uplink_settings(cfg), self.store, health=self.health)
+        self._stop = asyncio.Event()
+        self._alarms: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- health ---------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        from .logs import suppressed_counts
+
+        st = self.store.stats()
+        up = self.uplink.stats
+        return {
+            "gateway": self.cfg.gateway.id,
+            "version": __version__,
+            "uptime": round(time.time() - self.started, 1),
+            "link": up.link,
+            "store": {
+                "depth": st.depth,
+                "bytes": st.bytes,
+                "oldest_age": None if st.oldest_age is None else round(st.oldest_age, 1),
+                "quarantined": st.quarantined,
+            },
+            "evicted": st.evicted,
+            "dropped": dict(self.dropped),
+            "sent": {"records": up.records_sent, "packs": up.packs_sent, "bytes": up.bytes_sent},
+            "produced": dict(self.produced),
+            "restarts": dict(self.restarts),
+            "logs_suppressed": sum(suppressed_counts().values()),
+            "last_error": up.last_error or st.last_error,
+        }
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+                pass
+        await self.store.open()
+        try:
+            await self._supervise_all()
+        finally:
+            await self.store.close()
+            self.notifier.status("stopped")
+            log.info("stopped", extra={"cause": "agent.stop"})
+
+    async def _supervise_all(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            source_tasks = [
+                tg.create_task(self._supervise(f"source:{s.name}", self._source_runner(s)))
+                for s in self.sources
+            ]
+            uplink_task = tg.create_task(self._supervise("uplink", self.uplink.run))
+            others = [
+                tg.create_task(self._supervise("alarms", self._alarm_loop)),
+                tg.create_task(self._supervise("housekeeping", self._housekeeping)),
+            ]
+            interval = self.notifier.watchdog_interval()
+            if interval:
+                others.append(tg.create_task(self._watchdog(interval)))
+            self.notifier.ready()
+            self.notifier.status(f"running, {len(self.sources)} sources")
+            log.info(
+                "agent %s running: %d sources, uplink %s:%d",
+                self.cfg.gateway.id, len(self.sources), self.uplink.s.host, self.uplink.s.port,
+                extra={"cause": "agent.start"},
+            )
+            await self._stop.wait()
+            self.notifier.stopping()
+            # Order matters: no new records, then everything pending is committed, then the
+            # broker hears we leave, then the link goes.
+            for t in source_tasks:
+                t.cancel()
+            await asyncio.gather(*source_tasks, return_exceptions=True)
+            await self.store.sync()
+            await self.uplink.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(uplink_task), 5.0)
+            except TimeoutError:
+                uplink_task.cancel()
+            for t in others:
+                t.cancel()
+
+    async def _supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        """Run ``factory()`` forever; a crash is logged and retried with backoff."""
+        backoff = 1.0
+        while True:
+            started = time.monotonic()
+            try:
+                await factory()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.restarts[name] += 1
+                if time.monotonic() - started > 60:
+                    backoff = 1.0  # it ran well for a while: not a crash loop
+                log.error(
+                    "%s crashed (%s: %s); restart in %.0fs",
+                    name, type(exc).__name__, exc, backoff,
+                    exc_info=exc, extra={"cause": f"crash.{name}"},
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
+
+    def _source_runner(self, source: Source) -> Callable[[], Awaitable[None]]:
+        async def emit(records: Sequence[Record], priority: Priority) -> None:
+            try:
+                await self.store.put_many(records, priority)
+            except StoreError as exc:
+                cause = "store_full" if "full" in str(exc) else "store_error"
+                self.dropped[cause] += len(records)
+                log.error(
+                    "%s: %d records dropped: %s", source.name, len(records), exc,
+                    extra={"cause": f"drop.{cause}"},
+                )
+                return
+            self.produced[source.name] += len(records)
+
+        async def runner() -> None:
+            await source.run(emit)
+
+        return runner
+
+    # -- alarms, housekeeping, watchdog -----------------------------------------------------
+
+    def _alarm_from_store(self, cause: str, text: str) -> None:
+        # Called from the store's worker thread (disk full) or during open.
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._alarms.put_nowait, (cause, text))
+
+    async def _alarm_loop(self) -> None:
+        while True:
+            cause, text = await self._alarms.get()
+            record = Record("gateway", f"alarm/{cause}", text, time.time())
+            try:
+                await self.store.put(record, Priority.ALARM)
+            except StoreError as exc:
+                self.dropped["alarm_unstored"] += 1
+                log.error("alarm %s not stored: %s", cause, exc, extra={"cause": "drop.alarm"})
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await self.store.expire()
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+
+    async def _watchdog(self, interval: float) -> None:
+        # The ping is sent from the event loop itself, so a wedged loop stops the pings and
+        # systemd restarts the agent.
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+
+async def run_agent(cfg: Config) -> None:
+    await Agent(cfg).run()

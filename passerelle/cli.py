@@ -1,0 +1,94 @@
+"""``passerelle``: the one console script.
+
+  passerelle run [--config FILE]        the agent (production entry point)
+  passerelle check-config [FILE]        validate a config: every error with its path; exit 2
+  passerelle demo [--duration S] [--json]
+                                        the agent against simulated street equipment and an
+                                        embedded broker, with a live view
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from . import __version__
+from .config import DEFAULT_PATH, ConfigError, key_file_warnings, load, summary
+
+EXIT_CONFIG = 2
+
+
+def _load_or_exit(path: str) -> object:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(f"{path}: configuration refused", file=sys.stderr)
+        for where, why in exc.errors:
+            print(f"  {where}: {why}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load_or_exit(args.file)
+    print(f"{args.file}: OK")
+    print(summary(cfg))  # type: ignore[arg-type]
+    for warning in key_file_warnings(cfg):  # type: ignore[arg-type]
+        print(f"warning: {warning}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .agent import Agent
+    from .logs import setup_logging
+
+    cfg = _load_or_exit(args.config)
+    setup_logging(cfg.log.level, cfg.log.format, cfg.log.burst, cfg.log.per)  # type: ignore[attr-defined]
+    for warning in key_file_warnings(cfg):  # type: ignore[arg-type]
+        print(f"warning: {warning}", file=sys.stderr)
+    asyncio.run(Agent(cfg).run())  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(duration=args.duration, as_json=args.json, broker=args.broker)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="passerelle", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"passerelle {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the agent")
+    run.add_argument("--config", default=DEFAULT_PATH, help=f"config file ({DEFAULT_PATH})")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file", nargs="?", default=DEFAULT_PATH)
+    check.set_defaults(func=cmd_check_config)
+
+    demo = sub.add_parser("demo", help="watch the agent buffer and deliver, broker cut included")
+    demo.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
+    demo.add_argument("--json", action="store_true", help="end with a JSON summary line")
+    demo.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "amqtt"),
+        default="auto",
+        help="embedded broker: mosquitto if found on PATH, else amqtt (default auto)",
+    )
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

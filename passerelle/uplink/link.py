@@ -1,0 +1,331 @@
+"""The uplink: drains the durable store to the upstream MQTT broker.
+
+Topics, under ``passerelle/<gateway-id>/``:
+
+=============  ======  =======  ==========================================================
+topic          QoS     retain   payload
+=============  ======  =======  ==========================================================
+``up/senml``   1       no       SenML-CBOR pack (``application/senml+cbor``), one batch
+``state``      1       yes      JSON health object; the last will sets ``online: false``
+=============  ======  =======  ==========================================================
+
+Delivery is at least once: a segment leaves the store only when every batch cut from it
+got its PUBACK (with a success reason code). Batches are cut from a segment at fixed
+offsets (``batch_records``), so a batch resent after a reconnect or a restart carries the
+same idempotency key, ``<gateway-id>/<first-seq>-<last-seq>``: in the pack (``idk``) and,
+with MQTT 5, as the user property ``idempotency-key``.
+
+After an outage the backlog drains highest priority first (alarms, then energy, then
+telemetry) at no more than ``max_rate`` records per second: a fleet coming back at once
+must not flatten the broker. Reconnects back off exponentially with full jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .. import senml
+from ..store import DurableStore, Segment
+from .client import AckedClient
+
+log = logging.getLogger("passerelle.uplink")
+
+
+@dataclass(slots=True)
+class UplinkSettings:
+    """What the uplink needs from config (see the ``[uplink]`` section of the README)."""
+
+    gateway_id: str
+    host: str
+    port: int
+    tls: bool = True
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    protocol: int = 5
+    client_id: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+    keepalive: int = 30
+    batch_records: int = 250
+    max_rate: float = 5000.0
+    max_inflight: int = 4
+    backoff_initial: float = 1.0
+    backoff_max: float = 300.0
+    state_interval: float = 30.0
+    publish_timeout: float = 15.0
+
+
+@dataclass(slots=True)
+class UplinkStats:
+    link: str = "down"  # down | connecting | up
+    connects: int = 0
+    packs_sent: int = 0
+    records_sent: int = 0
+    bytes_sent: int = 0
+    last_error: str | None = None
+    last_pack: bytes | None = None
+    connected_since: float | None = None
+    refused: int = 0
+    history: list[str] = field(default_factory=list)
+
+
+class _SessionEnd(Exception):
+    """Raised inside the session's task group to end it on stop()."""
+
+
+class TokenBucket:
+    """Caps the drain rate: ``rate`` records a second, bursts of up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._stamp = time.monotonic()
+        self.unlimited = False
+
+    async def take(self, n: int) -> None:
+        while not self.unlimited:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            if self._tokens >= n or self._tokens >= self.burst:
+                self._tokens -= n  # may go negative for a batch bigger than the burst
+                return
+            await asyncio.sleep((min(n, self.burst) - self._tokens) / self.rate)
+
+
+def tls_context(s: UplinkSettings) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=s.ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if s.cert_file and s.key_file:
+        ctx.load_cert_chain(s.cert_file, s.key_file)
+    return ctx
+
+
+class Uplink:
+    """Owns the MQTT connection. ``await uplink.run()`` until cancelled.
+
+    health: returns the JSON-able health object published on ``state``.
+    on_message: called with each message received on subscribed topics (later: config).
+    """
+
+    def __init__(
+        self,
+        settings: UplinkSettings,
+        store: DurableStore,
+        *,
+        health: Callable[[], dict[str, Any]] = dict,
+        on_message: Callable[[aiomqtt.Message], Awaitable[None]] | None = None,
+        subscriptions: tuple[str, ...] = (),
+    ) -> None:
+        self.s = settings
+        self.store = store
+        self.health = health
+        self.on_message = on_message
+        self.subscriptions = subscriptions
+        self.stats = UplinkStats()
+        self.prefix = f"passerelle/{settings.gateway_id}/"
+        self.bucket = TokenBucket(settings.max_rate, max(settings.max_rate, settings.batch_records))
+        self._base_name = partial(senml.device_base_name, settings.gateway_id)
+        # Batches acknowledged in this process, per segment still in the store: after a
+        # reconnect only the rest of a half-sent segment goes again.
+        self._acked: dict[int, set[int]] = {}
+        self._stopping = asyncio.Event()
+        self._client: AckedClient | None = None
+
+    # -- connection loop ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, drain and reconnect until :meth:`stop`."""
+        backoff = self.s.backoff_initial
+        while not self._stopping.is_set():
+            self.stats.link = "connecting"
+            try:
+                async with self._connect() as client:
+                    self._client = client
+                    self.stats.link = "up"
+                    self.stats.connects += 1
+                    self.stats.connected_since = time.time()
+                    self.stats.last_error = None
+                    log.info("connected to %s:%d", self.s.host, self.s.port,
+                             extra={"cause": "uplink.connect"})
+                    backoff = self.s.backoff_initial
+                    await self._session(client)
+            except* _SessionEnd:
+                pass  # stop() ended the session: leaving the block sends DISCONNECT
+            except* aiomqtt.MqttError as group:
+                exc = group.exceptions[0]
+                self._lost(str(exc))
+            except* (OSError, ssl.SSLError) as group:
+                exc = group.exceptions[0]
+                self._lost(f"{type(exc).__name__}: {exc}")
+                self._lost(str(exc))
+            finally:
+                self._client = None
+                self.store.release()
+            if self._stopping.is_set():
+                break
+            # Full jitter: a fleet that lost the broker together does not come back together.
+            delay = random.uniform(0, backoff)
+            backoff = min(self.s.backoff_max, backoff * 2)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            except TimeoutError:
+                pass
+        self.stats.link = "down"
+
+    def _lost(self, why: str) -> None:
+        self.stats.link = "down"
+        self.stats.last_error = why
+        self.stats.connected_since = None
+        log.warning("uplink down: %s", why, extra={"cause": "uplink.down"})
+
+    def _connect(self) -> AckedClient:
+        s = self.s
+        v5 = s.protocol == 5
+        password = None
+        if s.password_file:
+            with open(s.password_file, encoding="utf-8") as fh:
+                password = fh.read().strip()
+        will = aiomqtt.Will(
+            self.prefix + "state",
+            json.dumps({"online": False, "reason": "connection lost"}).encode(),
+            qos=1,
+            retain=True,
+        )
+        return AckedClient(
+            s.host,
+            s.port,
+            identifier=s.client_id or s.gateway_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            username=s.username,
+            password=password,
+            tls_context=tls_context(s) if s.tls else None,
+            keepalive=s.keepalive,
+            will=will,
+            timeout=s.publish_timeout,
+            max_inflight_messages=max(20, s.max_inflight * 2),
+            clean_session=None if v5 else True,
+        )
+
+    async def _session(self, client: AckedClient) -> None:
+        for topic in self.subscriptions:
+            await client.subscribe(self.prefix + topic, qos=1)
+        await self.publish_state(client)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._receive(client))
+            tg.create_task(self._state_loop(client))
+            tg.create_task(self._drain(client))
+            tg.create_task(self._until_stopped())
+
+    async def _until_stopped(self) -> None:
+        await self._stopping.wait()
+        raise _SessionEnd
+    async def _receive(self, client: AckedClient) -> None:
+        # Iterating the messages also surfaces a lost connection as MqttError.
+        async for message in client.messages:
+            if self.on_message is not None:
+                await self.on_message(message)
+
+    async def _state_loop(self, client: AckedClient) -> None:
+        while True:
+            await asyncio.sleep(self.s.state_interval)
+            await self.publish_state(client)
+
+    async def publish_state(self, client: AckedClient, online: bool = True) -> None:
+        state = {"online": online, **self.health()}
+        await client.publish_acked(
+            self.prefix + "state", json.dumps(state, separators=(",", ":")).encode(), retain=True
+        )
+
+    async def stop(self) -> None:
+        """Say goodbye on ``state`` (so the will is not needed), then end :meth:`run`."""
+        client = self._client
+        if client is not None:
+            self.stats.link = "stopping"
+            try:
+                await asyncio.wait_for(self.publish_state(client, online=False), 2.0)
+            except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
+                log.warning("could not publish final state: %s", exc,
+                            extra={"cause": "uplink.stop"})
+        self._stopping.set()
+
+    # -- draining -------------------------------------------------------------------------
+
+    async def _drain(self, client: AckedClient) -> None:
+        inflight = asyncio.Semaphore(self.s.max_inflight)
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                segments = await self.store.lease(2)
+                if not segments:
+                    await self.store.wait_for_data(timeout=1.0)
+                    continue
+                for seg in segments:
+                    await self._send_segment(client, tg, inflight, seg)
+
+    async def _send_segment(
+        self,
+        client: AckedClient,
+        tg: asyncio.TaskGroup,
+        inflight: asyncio.Semaphore,
+        seg: Segment,
+    ) -> None:
+        size = self.s.batch_records
+        done = self._acked.setdefault(seg.seq, set())
+        total = (len(seg.records) + size - 1) // size
+        for idx in range(total):
+            if idx in done:
+                continue
+            batch = seg.records[idx * size : (idx + 1) * size]
+            await self.bucket.take(len(batch))
+            await inflight.acquire()
+            tg.create_task(self._publish_batch(client, inflight, seg, idx, total, batch))
+
+    async def _publish_batch(
+        self,
+        client: AckedClient,
+        inflight: asyncio.Semaphore,
+        seg: Segment,
+        idx: int,
+        total: int,
+        batch: list[Any],
+    ) -> None:
+        try:
+            first = seg.seq + idx * self.s.batch_records
+            key = f"{self.s.gateway_id}/{first}-{first + len(batch) - 1}"
+            payload = senml.encode_pack(batch, self._base_name, key)
+            props = None
+            if self.s.protocol == 5:
+                props = Properties(PacketTypes.PUBLISH)
+                props.ContentType = senml.CONTENT_TYPE
+                props.UserProperty = [("idempotency-key", key)]
+            await client.publish_acked(self.prefix + "up/senml", payload, properties=props)
+        finally:
+            inflight.release()
+        self.stats.packs_sent += 1
+        self.stats.records_sent += len(batch)
+        self.stats.bytes_sent += len(payload)
+        self.stats.last_pack = payload
+        done = self._acked.setdefault(seg.seq, set())
+        done.add(idx)
+        if len(done) == total:
+            del self._acked[seg.seq]
+            self.store.ack(seg.seq)
+
+    def flush(self, on: bool = True) -> None:
+        """Drain without the rate cap (an operator's ``flush-store`` command)."""
+        self.bucket.unlimited = on
