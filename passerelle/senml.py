@@ -72,8 +72,11 @@ def _number(value: int | float) -> int | float | Decimal:
         return value
     if value.is_integer() and abs(value) < 2**53:
         return int(value) if value or math.copysign(1.0, value) > 0 else value
-    if _F32.unpack(_F32.pack(value))[0] == value:
-        return value  # cbor2's canonical mode writes it as a half or single float
+    try:
+        if _F32.unpack(_F32.pack(value))[0] == value:
+            return value  # cbor2's canonical mode writes it as a half or single float
+    except OverflowError:  # beyond float32's range: a double it is
+        return value
     dec = Decimal(repr(value))
     if len(dec.as_tuple().digits) <= 9:  # mantissa fits 32 bits: at most 8 bytes in all
         return dec
