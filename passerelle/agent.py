@@ -22,7 +22,7 @@ from .config import Config
 from .model import Priority, Record
 from .sources import Source, build_source
 from .store import DurableStore, StoreError
-from .systemd import SystemdNotifier
+from .systemd import SystemdNotifier, run_watchdog
 from .uplink import Uplink, UplinkSettings
 
 log = logging.getLogger("passerelle.agent")
@@ -135,9 +135,8 @@ class Agent:
                 tg.create_task(self._supervise("alarms", self._alarm_loop)),
                 tg.create_task(self._supervise("housekeeping", self._housekeeping)),
             ]
-            interval = self.notifier.watchdog_interval()
-            if interval:
-                others.append(tg.create_task(self._watchdog(interval)))
+            if self.notifier.watchdog_interval():
+                others.append(tg.create_task(run_watchdog(self.notifier, self.store.healthy)))
             self.notifier.ready()
             self.notifier.status(f"running, {len(self.sources)} sources")
             log.info(
@@ -224,13 +223,6 @@ class Agent:
         while True:
             await self.store.expire()
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
-
-    async def _watchdog(self, interval: float) -> None:
-        # The ping is sent from the event loop itself, so a wedged loop stops the pings and
-        # systemd restarts the agent.
-        while True:
-            self.notifier.watchdog()
-            await asyncio.sleep(interval)
 
 
 async def run_agent(cfg: Config) -> None:

@@ -276,6 +276,10 @@ class DurableStore:
             acked, self._acked_pending = self._acked_pending, []
             await self._run(self._commit, {}, acked)
 
+    def healthy(self) -> bool:
+        """The writer runs: puts are being committed (the systemd watchdog asks this)."""
+        return self._writer is not None and not self._writer.done()
+
     def stats(self) -> StoreStats:
         now = self._clock()
         age = None if self._oldest is None else max(0.0, now - self._oldest)
