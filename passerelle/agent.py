@@ -67,6 +67,8 @@ class Agent:
             ttl=cfg.store.ttl,
             max_delay=cfg.store.max_delay,
             on_alarm=self._alarm_from_store,
+            batch_records=cfg.uplink.batch_records,
+            batch_age=cfg.uplink.batch_age,
         )
         self.sources: list[Source] = [build_source(s) for s in cfg.sources]
         self.produced: Counter[str] = Counter()  # records stored, per source

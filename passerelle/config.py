@@ -92,7 +92,8 @@ class UplinkConfig(_Section, frozen=True):
     username: Annotated[str, Meta(min_length=1)] | None = None
     password_file: FilePath | None = None
     keepalive: PositiveInt = 30
-    batch_records: Annotated[int, Meta(ge=1, le=5000)] = 250
+    batch_records: Annotated[int, Meta(ge=1, le=4096)] = 250
+    batch_age: Annotated[float, Meta(ge=0, le=3600)] = 1.0
     max_rate: PositiveFloat = 5000.0
     max_inflight: Annotated[int, Meta(ge=1, le=64)] = 4
     backoff_initial: PositiveFloat = 1.0

@@ -2,6 +2,7 @@
 
 from .segments import (
     EVICTION_CAUSES,
+    Batch,
     DurableStore,
     Segment,
     StoreClosed,
@@ -13,6 +14,7 @@ from .segments import (
 __all__ = [
     "EVICTION_CAUSES",
     "DurableStore",
+    "Batch",
     "Segment",
     "StoreClosed",
     "StoreError",

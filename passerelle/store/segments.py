@@ -7,10 +7,16 @@ Contract
   loss. Puts that arrive while a commit is in flight wait for the next one: many records
   share one fsync (group commit), and a put waits at most one commit plus ``max_delay``.
 * Records are kept in *segments*: one row per commit and priority holding up to
-  ``SEGMENT_RECORDS`` records as one CBOR array (strings shared by reference, RFC 8949 tag
+  ``batch_records`` records as one CBOR array (strings shared by reference, RFC 8949 tag
   256). A row per record would cost a B-tree cell and index entry each, and deleting them
   would rewrite every page they sat on; a segment is written once and freed whole, so the
   flash sees about two writes of each byte (WAL, then checkpoint) and nothing more.
+* Segments are grouped into *batches*, one upstream pack each. A commit joins the open
+  batch of its priority while that batch holds fewer than ``batch_records`` records and is
+  younger than ``batch_age``; otherwise it opens a new one. The batch is written in the
+  segment's row at commit time, and a batch is sealed (never grows again) before it is first
+  handed out, and at every open: a batch resent after a crash holds the same records, so it
+  carries the same idempotency key. Alarms are never held back: their batches seal at once.
 * Every record gets a sequence number that never repeats, even across restarts and after the
   store emptied (the high-water mark is persisted with each commit): the uplink's
   idempotency keys are built from it.
@@ -45,20 +51,21 @@ from ..model import Priority, Record
 
 log = logging.getLogger("passerelle.store")
 
-SEGMENT_RECORDS = 4096
+SEGMENT_RECORDS = 4096  # upper bound on records per segment whatever batch_records says
 CLOCK_VALID_AFTER = 1_577_836_800.0  # 2020-01-01T00:00:00Z
 EVICTION_CAUSES = ("full", "ttl", "disk_full", "corrupt")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS segment (
     seq    INTEGER PRIMARY KEY,  -- sequence number of the segment's first record
+    batch  INTEGER NOT NULL,     -- seq of the batch's first segment: one upstream pack
     n      INTEGER NOT NULL,     -- records in the segment
     prio   INTEGER NOT NULL,
     stored REAL    NOT NULL,     -- wall clock at commit (TTL)
     nbytes INTEGER NOT NULL,
     body   BLOB    NOT NULL      -- CBOR array of [device, name, value, time, unit]
 );
-CREATE INDEX IF NOT EXISTS segment_drain ON segment (prio, seq);
+CREATE INDEX IF NOT EXISTS segment_drain ON segment (prio, batch, seq);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL) WITHOUT ROWID;
 """
 
@@ -76,16 +83,20 @@ class StoreFull(StoreError):
 
 
 @dataclass(slots=True)
-class Segment:
-    """Records committed together; what the uplink leases, publishes and acknowledges."""
+class Batch:
+    """What the uplink leases, publishes as one pack and acknowledges.
+
+    ``seq`` (its first record's sequence number) identifies it; ``seq``-``last_seq`` is the
+    range of the idempotency key (other priorities' records may sit inside the range).
+    """
 
     seq: int
     priority: Priority
     records: list[Record]
+    last_seq: int
 
-    @property
-    def last_seq(self) -> int:
-        return self.seq + len(self.records) - 1
+
+Segment = Batch  # the name older callers used
 
 
 @dataclass(slots=True)
@@ -119,6 +130,9 @@ class DurableStore:
     max_delay: how long a commit may wait for more records (fewer fsyncs, less flash wear);
         a put therefore returns within about one fsync plus ``max_delay``.
     on_alarm: called with (cause, text) for quarantine and disk-full events.
+    batch_records: records per upstream pack (and the most a segment holds).
+    batch_age: seconds a batch stays open for more commits (bigger packs, fewer bytes per
+        record upstream) before it may be sent; alarm batches never wait.
     """
 
     def __init__(
@@ -131,6 +145,8 @@ class DurableStore:
         clock: Callable[[], float] = time.time,
         on_alarm: Callable[[str, str], None] | None = None,
         max_pages: int | None = None,
+        batch_records: int = 250,
+        batch_age: float = 0.0,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
@@ -139,6 +155,11 @@ class DurableStore:
         self._clock = clock
         self._on_alarm = on_alarm
         self._max_pages = max_pages  # tests: a ceiling that makes SQLite report a full disk
+        self.batch_records = max(1, min(batch_records, SEGMENT_RECORDS))
+        self.batch_age = batch_age
+        # priority -> [batch id, records, opened at]: the batch the next commit may join.
+        # Owned by the worker thread (commits and reads both run there).
+        self._open: dict[int, list[float]] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._db: sqlite3.Connection | None = None
         self._group = _Group()
@@ -159,6 +180,8 @@ class DurableStore:
         self._last_error: str | None = None
         self._leased: set[int] = set()
         self._acked_pending: list[int] = []
+        # Acknowledged batches whose rows are not deleted yet: never leased again.
+        self._acked_unsaved: set[int] = set()
         self._lock = asyncio.Lock()  # one DB job at a time from the loop's side
         self._committed = asyncio.Event()  # new records to lease
 
@@ -217,7 +240,7 @@ class DurableStore:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self.max_delay and not self._closing and self._group.count < SEGMENT_RECORDS:
+            if self.max_delay and not self._closing and self._group.count < self.batch_records:
                 # Linger so a trickle of puts shares one fsync; a burst goes at once.
                 await asyncio.sleep(self.max_delay)
             group, self._group = self._group, _Group()
@@ -226,6 +249,7 @@ class DurableStore:
                 try:
                     await self._run(self._commit, group.by_prio, acked)
                 except Exception as exc:  # the group fails, the store keeps running
+                    self._acked_pending[:0] = acked  # deletions are retried next time
                     self._last_error = f"commit failed: {exc}"
                     log.error("commit failed: %s", exc, extra={"cause": "store.commit"})
                     if group.done is not None and not group.done.done():
@@ -243,12 +267,12 @@ class DurableStore:
 
     # -- drain side -----------------------------------------------------------------------
 
-    async def lease(self, max_segments: int = 4) -> list[Segment]:
-        """The next segments to send, highest priority then oldest, not already leased."""
+    async def lease(self, max_batches: int = 4) -> list[Batch]:
+        """The next batches to send, highest priority then oldest, not already leased."""
         self._committed.clear()  # before reading: a commit after this wakes wait_for_data
-        segments: list[Segment] = await self._run(self._read, max_segments)  # type: ignore[assignment]
-        self._leased.update(s.seq for s in segments)
-        return segments
+        batches: list[Batch] = await self._run(self._read, max_batches)  # type: ignore[assignment]
+        self._leased.update(b.seq for b in batches)
+        return batches
 
     async def wait_for_data(self, timeout: float) -> None:
         """Wait until a commit adds records (or ``timeout`` passes)."""
@@ -265,8 +289,9 @@ class DurableStore:
             self._leased.difference_update(seqs)
 
     def ack(self, seq: int) -> None:
-        """The broker acknowledged all of segment ``seq``: delete it with the next commit."""
+        """The broker acknowledged batch ``seq``: delete it with the next commit."""
         self._leased.discard(seq)
+        self._acked_unsaved.add(seq)
         self._acked_pending.append(seq)
         self._wake.set()
 
@@ -383,14 +408,50 @@ class DurableStore:
         now = self._clock()
         rows = []
         seq = self._next_seq
+        opened = {p: list(v) for p, v in self._open.items()}  # restored if the commit fails
+        size = self.batch_records
         for prio in sorted(by_prio, reverse=True):
             records = by_prio[prio]
-            for start in range(0, len(records), SEGMENT_RECORDS):
-                chunk = records[start : start + SEGMENT_RECORDS]
+            for start in range(0, len(records), size):
+                chunk = records[start : start + size]
                 body = cbor2.dumps(chunk, string_referencing=True)
-                rows.append((seq, len(chunk), prio, now, len(body), body))
+                rows.append((seq, self._batch_for(prio, seq, len(chunk), now), len(chunk),
+                             prio, now, len(body), body))
                 seq += len(chunk)
-        incoming = sum(r[4] for r in rows)
+        incoming = sum(r[5] for r in rows)
+        try:
+            self._commit_rows(db, rows, acked, seq, incoming)
+        except BaseException:
+            self._open = opened
+            raise
+        for seq_ in acked:
+            self._acked_unsaved.discard(seq_)
+
+    def _batch_for(self, prio: int, seq: int, n: int, now: float) -> int:
+        """The batch a new segment joins (see the module docstring)."""
+        current = self._open.get(prio)
+        if (
+            current is not None
+            and current[1] + n <= self.batch_records
+            and 0 <= now - current[2] < self.batch_age
+        ):
+            current[1] += n
+            batch = int(current[0])
+        else:
+            batch = seq
+            current = self._open[prio] = [seq, n, now]
+        if current[1] >= self.batch_records or prio >= Priority.ALARM or self.batch_age <= 0:
+            del self._open[prio]  # sealed
+        return batch
+
+    def _commit_rows(
+        self,
+        db: sqlite3.Connection,
+        rows: list[tuple[int, int, int, int, float, int, bytes]],
+        acked: list[int],
+        seq: int,
+        incoming: int,
+    ) -> None:
         for attempt in range(64):
             try:
                 self._transaction(db, rows, acked, seq, incoming)
@@ -410,7 +471,7 @@ class DurableStore:
     def _transaction(
         self,
         db: sqlite3.Connection,
-        rows: list[tuple[int, int, int, float, int, bytes]],
+        rows: list[tuple[int, int, int, int, float, int, bytes]],
         acked: list[int],
         next_seq: int,
         incoming: int,
@@ -420,7 +481,8 @@ class DurableStore:
             gone = self._delete(db, acked)
             self._make_room(db, incoming - gone[1])
             db.executemany(
-                "INSERT INTO segment (seq, n, prio, stored, nbytes, body) VALUES (?,?,?,?,?,?)",
+                "INSERT INTO segment (seq, batch, n, prio, stored, nbytes, body)"
+                " VALUES (?,?,?,?,?,?,?)",
                 rows,
             )
             previous_seq, self._next_seq = self._next_seq, next_seq
@@ -436,22 +498,21 @@ class DurableStore:
             self._load_state()  # in-memory figures follow what the database really holds
             raise
         self._commits += 1
-        added_n = sum(r[1] for r in rows)
+        added_n = sum(r[2] for r in rows)
         self._depth += added_n - gone[0]
         self._bytes += incoming - gone[1]
         self._segments += len(rows) - gone[2]
         if rows and self._oldest is None:
-            self._oldest = rows[0][3]
+            self._oldest = rows[0][4]
         if gone[2] or self._segments == 0:
             self._oldest = db.execute("SELECT MIN(stored) FROM segment").fetchone()[0]
 
-    def _delete(self, db: sqlite3.Connection, seqs: list[int]) -> tuple[int, int, int]:
+    def _delete(self, db: sqlite3.Connection, batches: list[int]) -> tuple[int, int, int]:
         n = nbytes = count = 0
-        for seq in seqs:
-            row = db.execute(
-                "DELETE FROM segment WHERE seq = ? RETURNING n, nbytes", (seq,)
-            ).fetchone()
-            if row:  # already evicted segments are simply gone
+        for batch in batches:
+            for row in db.execute(
+                "DELETE FROM segment WHERE batch = ? RETURNING n, nbytes", (batch,)
+            ).fetchall():  # already evicted segments are simply gone
                 n += row[0]
                 nbytes += row[1]
                 count += 1
@@ -463,19 +524,21 @@ class DurableStore:
                 break
 
     def _evict_one(self, db: sqlite3.Connection, cause: str, in_tx: bool = False) -> bool:
-        """Evict the lowest-priority, oldest segment; count its records under ``cause``."""
+        """Evict the lowest-priority, oldest batch; count its records under ``cause``."""
         row = db.execute(
-            "SELECT seq, n, nbytes, prio FROM segment ORDER BY prio, seq LIMIT 1"
+            "SELECT batch, prio FROM segment ORDER BY prio, batch LIMIT 1"
         ).fetchone()
         if row is None:
             return False
-        seq, n, nbytes, prio = row
-        db.execute("DELETE FROM segment WHERE seq = ?", (seq,))
+        batch, prio = row
+        n, nbytes, count = self._delete(db, [batch])
         self._counters[cause] += n
         self._depth -= n
         self._bytes -= nbytes
-        self._segments -= 1
-        self._leased.discard(seq)
+        self._segments -= count
+        self._leased.discard(batch)
+        if self._open.get(prio, [None])[0] == batch:
+            del self._open[prio]
         log.warning(
             "evicted %d records of priority %s (%s)",
             n,
@@ -495,7 +558,7 @@ class DurableStore:
         cutoff = now - self.ttl
         db.execute("BEGIN IMMEDIATE")
         rows = db.execute(
-            "DELETE FROM segment WHERE stored >= ? AND stored < ? RETURNING seq, n, nbytes",
+            "DELETE FROM segment WHERE stored >= ? AND stored < ? RETURNING batch, n, nbytes",
             (CLOCK_VALID_AFTER, cutoff),
         ).fetchall()
         for seq, n, nbytes in rows:
@@ -515,41 +578,54 @@ class DurableStore:
                 extra={"cause": "store.evict.ttl"},
             )
 
-    def _read(self, max_segments: int) -> list[Segment]:
+    def _read(self, max_batches: int) -> list[Batch]:
         db = self._require_db()
-        out: list[Segment] = []
-        leased = self._leased
-        # Leased segments are skipped in SQL so a long backlog is not re-read each call.
-        # Pick the segments first and read only their bodies: a long backlog is not re-read.
-        wanted: list[tuple[int, int]] = []
-        for seq, prio in db.execute("SELECT seq, prio FROM segment ORDER BY prio DESC, seq"):
-            if seq not in leased:
-                wanted.append((seq, prio))
-                if len(wanted) >= max_segments:
-                    break
-        bad: list[tuple[int, int]] = []
-        for seq, prio in wanted:
-            (body,) = db.execute("SELECT body FROM segment WHERE seq = ?", (seq,)).fetchone()
-            try:
-                records = [Record._make(r) for r in cbor2.loads(body)]
-            except Exception as exc:  # a segment that no longer decodes is counted, not fatal
-                log.error("segment %d undecodable: %s", seq, exc, extra={"cause": "store.corrupt"})
-                bad.append((seq, prio))
+        now = self._clock()
+        skip = self._leased | self._acked_unsaved
+        # The index walks batches in drain order; LIMIT stops the walk early however long
+        # the backlog is.
+        rows = db.execute(
+            "SELECT batch, prio FROM segment GROUP BY prio, batch"
+            " ORDER BY prio DESC, batch LIMIT ?",
+            (max_batches + len(skip) + len(self._open),),
+        ).fetchall()
+        out: list[Batch] = []
+        for batch, prio in rows:
+            if batch in skip:
                 continue
-            out.append(Segment(seq, Priority(prio), records))
-        if bad:
-            db.execute("BEGIN IMMEDIATE")
-            for seq, _ in bad:
-                row = db.execute(
-                    "DELETE FROM segment WHERE seq = ? RETURNING n, nbytes", (seq,)
-                ).fetchone()
-                self._counters["corrupt"] += row[0]
-                self._depth -= row[0]
-                self._bytes -= row[1]
-                self._segments -= 1
-            self._save_meta(db)
-            db.execute("COMMIT")
+            current = self._open.get(prio)
+            if current is not None and current[0] == batch:
+                if 0 <= now - current[2] < self.batch_age:
+                    continue  # still filling: later commits may join it
+                del self._open[prio]  # sealed before anybody sees it
+            records: list[Record] = []
+            last = batch
+            for seq, body in db.execute(
+                "SELECT seq, body FROM segment WHERE batch = ? ORDER BY seq", (batch,)
+            ).fetchall():
+                try:
+                    decoded = [Record._make(r) for r in cbor2.loads(body)]
+                except Exception as exc:  # a segment that no longer decodes: counted, dropped
+                    log.error("segment %d undecodable: %s", seq, exc,
+                              extra={"cause": "store.corrupt"})
+                    self._drop_corrupt(db, seq)
+                    continue
+                records.extend(decoded)
+                last = seq + len(decoded) - 1
+            if records:
+                out.append(Batch(batch, Priority(prio), records, last))
+            if len(out) >= max_batches:
+                break
         return out
+
+    def _drop_corrupt(self, db: sqlite3.Connection, seq: int) -> None:
+        row = db.execute("DELETE FROM segment WHERE seq = ? RETURNING n, nbytes", (seq,)).fetchone()
+        if row:
+            self._counters["corrupt"] += row[0]
+            self._depth -= row[0]
+            self._bytes -= row[1]
+            self._segments -= 1
+            self._save_meta(db)
 
     def _close_db(self) -> None:
         if self._db is None:

@@ -9,11 +9,11 @@ topic          QoS     retain   payload
 ``state``      1       yes      JSON health object; the last will sets ``online: false``
 =============  ======  =======  ==========================================================
 
-Delivery is at least once: a segment leaves the store only when every batch cut from it
-got its PUBACK (with a success reason code). Batches are cut from a segment at fixed
-offsets (``batch_records``), so a batch resent after a reconnect or a restart carries the
-same idempotency key, ``<gateway-id>/<first-seq>-<last-seq>``: in the pack (``idk``) and,
-with MQTT 5, as the user property ``idempotency-key``.
+Delivery is at least once: a batch leaves the store only when its pack got a PUBACK with a
+success reason code. The store fixes each batch's records before it is first sent (see
+:mod:`passerelle.store.segments`), so a pack resent after a reconnect or a restart carries
+the same records and the same idempotency key, ``<gateway-id>/<first-seq>-<last-seq>``: in
+the pack (``idk``) and, with MQTT 5, as the user property ``idempotency-key``.
 
 After an outage the backlog drains highest priority first (alarms, then energy, then
 telemetry) at no more than ``max_rate`` records per second: a fleet coming back at once
@@ -38,7 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .. import senml
-from ..store import DurableStore, Segment
+from ..store import Batch, DurableStore
 from .client import AckedClient
 
 log = logging.getLogger("passerelle.uplink")
@@ -141,9 +141,6 @@ class Uplink:
         self.prefix = f"passerelle/{settings.gateway_id}/"
         self.bucket = TokenBucket(settings.max_rate, max(settings.max_rate, settings.batch_records))
         self._base_name = partial(senml.device_base_name, settings.gateway_id)
-        # Batches acknowledged in this process, per segment still in the store: after a
-        # reconnect only the rest of a half-sent segment goes again.
-        self._acked: dict[int, set[int]] = {}
         self._stopping = asyncio.Event()
         self._client: AckedClient | None = None
 
@@ -173,7 +170,6 @@ class Uplink:
             except* (OSError, ssl.SSLError) as group:
                 exc = group.exceptions[0]
                 self._lost(f"{type(exc).__name__}: {exc}")
-                self._lost(str(exc))
             finally:
                 self._client = None
                 self.store.release()
@@ -270,44 +266,21 @@ class Uplink:
         inflight = asyncio.Semaphore(self.s.max_inflight)
         async with asyncio.TaskGroup() as tg:
             while True:
-                segments = await self.store.lease(2)
-                if not segments:
-                    await self.store.wait_for_data(timeout=1.0)
+                batches = await self.store.lease(self.s.max_inflight)
+                if not batches:
+                    await self.store.wait_for_data(timeout=0.25)
                     continue
-                for seg in segments:
-                    await self._send_segment(client, tg, inflight, seg)
-
-    async def _send_segment(
-        self,
-        client: AckedClient,
-        tg: asyncio.TaskGroup,
-        inflight: asyncio.Semaphore,
-        seg: Segment,
-    ) -> None:
-        size = self.s.batch_records
-        done = self._acked.setdefault(seg.seq, set())
-        total = (len(seg.records) + size - 1) // size
-        for idx in range(total):
-            if idx in done:
-                continue
-            batch = seg.records[idx * size : (idx + 1) * size]
-            await self.bucket.take(len(batch))
-            await inflight.acquire()
-            tg.create_task(self._publish_batch(client, inflight, seg, idx, total, batch))
+                for batch in batches:
+                    await self.bucket.take(len(batch.records))
+                    await inflight.acquire()
+                    tg.create_task(self._publish_batch(client, inflight, batch))
 
     async def _publish_batch(
-        self,
-        client: AckedClient,
-        inflight: asyncio.Semaphore,
-        seg: Segment,
-        idx: int,
-        total: int,
-        batch: list[Any],
+        self, client: AckedClient, inflight: asyncio.Semaphore, batch: Batch
     ) -> None:
         try:
-            first = seg.seq + idx * self.s.batch_records
-            key = f"{self.s.gateway_id}/{first}-{first + len(batch) - 1}"
-            payload = senml.encode_pack(batch, self._base_name, key)
+            key = f"{self.s.gateway_id}/{batch.seq}-{batch.last_seq}"
+            payload = senml.encode_pack(batch.records, self._base_name, key)
             props = None
             if self.s.protocol == 5:
                 props = Properties(PacketTypes.PUBLISH)
@@ -317,14 +290,10 @@ class Uplink:
         finally:
             inflight.release()
         self.stats.packs_sent += 1
-        self.stats.records_sent += len(batch)
+        self.stats.records_sent += len(batch.records)
         self.stats.bytes_sent += len(payload)
         self.stats.last_pack = payload
-        done = self._acked.setdefault(seg.seq, set())
-        done.add(idx)
-        if len(done) == total:
-            del self._acked[seg.seq]
-            self.store.ack(seg.seq)
+        self.store.ack(batch.seq)
 
     def flush(self, on: bool = True) -> None:
         """Drain without the rate cap (an operator's ``flush-store`` command)."""
