@@ -66,6 +66,8 @@ CREATE TABLE IF NOT EXISTS segment (
     body   BLOB    NOT NULL      -- CBOR array of [device, name, value, time, unit]
 );
 CREATE INDEX IF NOT EXISTS segment_drain ON segment (prio, batch, seq);
+-- Reading and deleting one batch must not scan the backlog (one row per commit: cheap).
+CREATE INDEX IF NOT EXISTS segment_batch ON segment (batch);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL) WITHOUT ROWID;
 """
 
@@ -582,13 +584,17 @@ class DurableStore:
         db = self._require_db()
         now = self._clock()
         skip = self._leased | self._acked_unsaved
-        # The index walks batches in drain order; LIMIT stops the walk early however long
-        # the backlog is.
-        rows = db.execute(
-            "SELECT batch, prio FROM segment GROUP BY prio, batch"
-            " ORDER BY prio DESC, batch LIMIT ?",
-            (max_batches + len(skip) + len(self._open),),
-        ).fetchall()
+        # One priority at a time, so the (prio, batch) index walks batches in drain order and
+        # LIMIT stops the walk early however long the backlog is.
+        limit = max_batches + len(skip) + len(self._open)
+        rows: list[tuple[int, int]] = []
+        for prio in sorted(Priority, reverse=True):
+            rows += db.execute(
+                "SELECT DISTINCT batch, prio FROM segment WHERE prio = ? ORDER BY batch LIMIT ?",
+                (int(prio), limit),
+            ).fetchall()
+            if len(rows) >= limit:
+                break
         out: list[Batch] = []
         for batch, prio in rows:
             if batch in skip:

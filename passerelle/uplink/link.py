@@ -165,11 +165,10 @@ class Uplink:
             except* _SessionEnd:
                 pass  # stop() ended the session: leaving the block sends DISCONNECT
             except* aiomqtt.MqttError as group:
-                exc = group.exceptions[0]
-                self._lost(str(exc))
+                self._lost(str(group.exceptions[0]))
             except* (OSError, ssl.SSLError) as group:
-                exc = group.exceptions[0]
-                self._lost(f"{type(exc).__name__}: {exc}")
+                err = group.exceptions[0]
+                self._lost(f"{type(err).__name__}: {err}")
             finally:
                 self._client = None
                 self.store.release()
