@@ -11,9 +11,11 @@ and, for redeliveries, that a value seen more than once always came in packs wit
 idempotency key (``<gateway>/<first-seq>-<last-seq>``), so a consumer can drop them.
 
 Brokers that are killed or stopped mid-test (:func:`durable_broker`) run with persistence
-and ``max_queued_messages 0``: the subscriber's session and its queued messages survive, so
+and ``max_queued_messages 0``, and the subscriber then uses an MQTT 3.1.1 persistent session
+(see :class:`Upstream` for why not MQTT 5): its session and queued messages survive, so
 nothing the broker acknowledged to the agent is lost on the subscriber's side while both
-reconnect. What is tested is the agent, not the race between two reconnecting clients.
+reconnect, whichever comes back first. What is tested is the agent, not the race between
+two reconnecting clients.
 
 The client-certificate refusals (a client without a valid certificate) are covered in
 ``test_broker_tls.py``.
@@ -54,6 +56,7 @@ REPO = Path(__file__).resolve().parent.parent
 PREFIX = f"passerelle/{GATEWAY_ID}/"
 KEY_RE = re.compile(rf"^{re.escape(GATEWAY_ID)}/(\d+)-(\d+)$")
 V5 = aiomqtt.ProtocolVersion.V5
+V311 = aiomqtt.ProtocolVersion.V311
 #: mosquitto 2.0 sweeps for expired keepalives at most this often (whole seconds).
 MOSQUITTO_KEEPALIVE_SWEEP = 6.0
 
@@ -239,7 +242,7 @@ def durable_broker(pki: Pki, mosquitto_bin: str, tmp_path: Path) -> Iterator[Mos
         workdir=tmp_path / "durable-mosquitto",
         persistence_dir=tmp_path / "durable-mosquitto" / "db",
         autosave_interval=1,
-        extra_conf=["max_queued_messages 0"], verbose=bool(os.environ.get("DBG_VERBOSE")),
+        extra_conf=["max_queued_messages 0"],
         executable=mosquitto_bin,
     )
     mosq.start()
@@ -249,6 +252,15 @@ def durable_broker(pki: Pki, mosquitto_bin: str, tmp_path: Path) -> Iterator[Mos
         mosq.stop()
         print(f"--- mosquitto log ({mosq.log_path}):")
         print(mosq.log_text()[-6000:])
+
+
+async def autosaved(broker: Mosquitto, timeout: float = 6.0) -> None:
+    """Wait for the broker's next save of its persistence file (what survives a kill)."""
+    needle = "Saving in-memory database"
+    before = broker.log_text().count(needle)
+    await wait_until(
+        lambda: broker.log_text().count(needle) > before, timeout, "no mosquitto autosave"
+    )
 
 
 # ----------------------------------------------------------------------- the upstream
@@ -271,15 +283,23 @@ class State:
 
 @dataclass
 class Upstream:
-    """A reconnecting MQTT 5 subscriber to ``passerelle/<gw>/#`` with a persistent session.
+    """A reconnecting subscriber to ``passerelle/<gw>/#`` (QoS 1) with a persistent session.
 
-    Collects packs and states across reconnects and broker restarts. The first connection
-    starts a clean session, later ones resume it (``clean_start`` false, session expiry
-    one hour), so with a persistent broker nothing published while it was away is missed.
+    Collects packs and states across reconnects and broker restarts.
+
+    * ``V5`` (default): sees the MQTT 5 properties (content type, user properties). The
+      first connection starts a clean session, later ones resume it (``clean_start`` false,
+      session expiry one hour). Good while the broker process lives: mosquitto 2.0.11
+      restores MQTT 5 sessions from its persistence file but then neither delivers the
+      messages queued in them nor queues new ones while the client is away.
+    * ``V311``: ``clean_session`` false on every connection. mosquitto restores these
+      sessions after a stop or a kill (from its last autosave) and queues for them, so with
+      :func:`durable_broker` nothing published while the subscriber reconnects is missed.
     """
 
     broker: Mosquitto
     pki: Pki
+    protocol: aiomqtt.ProtocolVersion = V5
     client_id: str = field(default_factory=lambda: f"upstream-{uuid.uuid4().hex[:8]}")
     packs: list[Pack] = field(default_factory=list)
     states: list[State] = field(default_factory=list)
@@ -315,16 +335,20 @@ class Upstream:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         while True:
+            session: dict[str, Any]
+            if self.protocol == V5:
+                session = {"clean_start": self.connects == 0, "properties": props}
+            else:
+                session = {"clean_session": False}
             client = aiomqtt.Client(
                 self.broker.host,
                 self.broker.tls_port,
                 identifier=self.client_id,
-                protocol=V5,
+                protocol=self.protocol,
                 tls_context=self._tls,
-                clean_start=self.connects == 0,
-                properties=props,
                 keepalive=5,
                 timeout=5,
+                **session,
             )
             try:
                 async with client:
@@ -434,13 +458,19 @@ def missing_summary(missing: set[int]) -> str:
 
 
 def check_keys(up: Upstream) -> None:
-    """Every pack has a well-formed key whose range matches its record count."""
+    """Every pack has a well-formed key whose range matches its record count, and a key
+    always comes with the same records (a key reused for other data would make a consumer
+    drop data it never had)."""
+    content: dict[str, list[tuple[str, Any, float]]] = {}
     for pack in up.packs:
         assert pack.key is not None, "pack without idk"
         m = KEY_RE.match(pack.key)
         assert m, f"malformed idempotency key {pack.key!r}"
         first, last = int(m[1]), int(m[2])
         assert last - first + 1 == len(pack.records), (pack.key, len(pack.records))
+        records = sorted(((r.name, r.value, r.time) for r in pack.records), key=repr)
+        if content.setdefault(pack.key, records) != records:
+            raise AssertionError(f"key {pack.key} came with different records")
 
 
 def duplicates_share_keys(seen: dict[Any, list[str | None]]) -> int:
@@ -503,7 +533,9 @@ async def test_happy_path(broker, pki, tmp_path, rigs, protocol):
     seen = up.values()
     missing = stored - seen.keys() - left
     assert not missing, missing_summary(missing)
-    assert sorted(seen) == list(range(len(seen))), "gaps or strangers among delivered values"
+    # Also what was stored but not logged (the put returned as SIGTERM cancelled the source).
+    produced = seen.keys() | left
+    assert produced == set(range(len(produced))), "gaps or strangers among the values"
     check_keys(up)
     dups = duplicates_share_keys(seen)
     print(f"{len(stored)} values stored, {len(seen)} delivered, {dups} more than once")
@@ -513,6 +545,27 @@ async def test_happy_path(broker, pki, tmp_path, rigs, protocol):
             assert pack.user_properties == [("idempotency-key", pack.key)]
     else:
         assert all(p.content_type is None and not p.user_properties for p in up.packs)
+
+
+@pytest.mark.xfail(
+    reason="DurableStore.ack() frees a segment for lease() before its delete is committed: "
+    "the uplink sends acknowledged segments again (same keys)",
+    strict=False,
+)
+async def test_no_redelivery_on_a_steady_link(broker, pki, tmp_path, rigs):
+    """At least once allows duplicates, but only after a failure: with the broker up all
+    along and a clean stop, every value should arrive exactly once."""
+    cfg = agent_config(
+        tmp_path / "agent.toml", broker, pki, tmp_path / "data", sources=[counter(0.002)]
+    )
+    async with asyncio.timeout(30), Upstream(broker, pki) as up:
+        rig = rigs(cfg)
+        await wait_until(lambda: len(up.values()) > 1000, 15, "1000 values")
+        assert await rig.terminate() == 0
+        await asyncio.sleep(0.5)
+    seen = up.values()
+    twice = sorted(v for v, keys in seen.items() if len(keys) > 1)
+    assert not twice, f"{len(twice)} of {len(seen)} values delivered twice: {twice[:10]}"
 
 
 @pytest.mark.parametrize("how", ["sigkill", "sigstop"])
@@ -556,12 +609,12 @@ async def test_broker_killed_and_restarted_loses_nothing(durable_broker, pki, tm
     data_dir = tmp_path / "data"
     put_log = tmp_path / "put.log"
     cfg = agent_config(tmp_path / "agent.toml", broker, pki, data_dir, sources=[counter(0.001)])
-    async with asyncio.timeout(50), Upstream(broker, pki) as up:
+    async with asyncio.timeout(50), Upstream(broker, pki, V311) as up:
         t0 = time.monotonic()
         rig = rigs(cfg, put_log)
         await up.wait_state(lambda s: s["online"], since=t0, timeout=15)
         await wait_until(lambda: len(up.values()) > 200, 10, "first values")
-        await asyncio.sleep(1.2)  # the upstream's session is in the broker's autosave
+        await autosaved(broker)  # the upstream's session survives the kill
 
         wall_kill = time.time()
         broker.kill()
@@ -604,9 +657,8 @@ async def test_full_store_counts_evictions_and_keeps_alarms(durable_broker, pki,
         ],
         store={"max_bytes": 1024 * 1024},
     )
-    async with asyncio.timeout(55), Upstream(broker, pki) as up:
-        await asyncio.sleep(1.2)  # the upstream's session is saved
-        await asyncio.to_thread(broker.stop)  # clean stop: the session is saved again
+    async with asyncio.timeout(55), Upstream(broker, pki, V311) as up:
+        await asyncio.to_thread(broker.stop)  # clean stop: the upstream's session is saved
         rig = rigs(cfg, put_log)
         await rig.wait_started()
         # ~20 bytes a record in the store: wait for well over 1 MiB of telemetry.
