@@ -61,8 +61,12 @@ class PutLog:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._fd = os.open(
-            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+            self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
         )
+        # A line torn by an earlier kill must not swallow this process's first line.
+        size = os.fstat(self._fd).st_size
+        if size and os.pread(self._fd, 1, size - 1) != b"\n":
+            os.write(self._fd, b"\n")
 
     def write(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
@@ -123,17 +127,24 @@ class LoggedSource:
 
 
 def read_put_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """The entries of a put log; a missing file is empty, a torn last line is skipped."""
+    """The entries of a put log; a missing file is empty.
+
+    A line without its newline (a write in progress, or cut by a kill) is not complete and
+    is skipped, as is a torn line that a later process closed with a bare newline.
+    """
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return
     lines = data.split(b"\n")
-    if lines and lines[-1]:
-        lines.pop()  # no newline yet: a write in progress (or cut by a kill): not complete
+    lines.pop()  # after the last newline: empty, or a line still being written
     for line in lines:
-        if line:
+        if not line:
+            continue
+        try:
             yield json.loads(line)
+        except ValueError:
+            continue  # torn by a kill: that batch is simply not in the log
 
 
 def main(argv: list[str] | None = None) -> int:

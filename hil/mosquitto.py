@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -68,10 +69,46 @@ def find_mosquitto() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as mosquitto does
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port(avoid: Iterable[int] = ()) -> int:
+    """A free loopback port *outside* the ephemeral range.
+
+    The broker keeps its ports across restarts. A port from the ephemeral range could,
+    while the broker is down, become the source port of some client's outgoing
+    connection -- even the source port of a client reconnecting to that very port
+    (TCP self-connect) -- and the restart would fail with "address in use".
+    """
+    low, _high = _ephemeral_range()
+    avoid = set(avoid)
+    if low > 2048:
+        first = max(1024, low - 16384)
+        for _ in range(100):
+            port = random.randrange(first, low)
+            if port not in avoid and _bindable(port):
+                return port
+    while True:  # fallback: let the kernel choose
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
 
 
 def _tail(path: Path, limit: int = 4000) -> str:
@@ -212,12 +249,9 @@ class Mosquitto:
 
     def _choose_ports(self) -> None:
         if self.pki is not None and self._tls_port is None:
-            self._tls_port = _free_port()
+            self._tls_port = _free_port(avoid=[self._plain_port or 0])
         if self.plain and self._plain_port is None:
-            port = _free_port()
-            while port == self._tls_port:
-                port = _free_port()
-            self._plain_port = port
+            self._plain_port = _free_port(avoid=[self._tls_port or 0])
 
     def config_text(self) -> str:
         """The mosquitto.conf that :meth:`start` writes."""

@@ -458,16 +458,16 @@ def missing_summary(missing: set[int]) -> str:
 
 
 def check_keys(up: Upstream) -> None:
-    """Every pack has a well-formed key whose range matches its record count, and a key
-    always comes with the same records (a key reused for other data would make a consumer
-    drop data it never had)."""
+    """Every pack has a well-formed key whose range can hold its records (other priorities'
+    records may sit inside the range), and a key always comes with the same records (a key
+    reused for other data would make a consumer drop data it never had)."""
     content: dict[str, list[tuple[str, Any, float]]] = {}
     for pack in up.packs:
         assert pack.key is not None, "pack without idk"
         m = KEY_RE.match(pack.key)
         assert m, f"malformed idempotency key {pack.key!r}"
         first, last = int(m[1]), int(m[2])
-        assert last - first + 1 == len(pack.records), (pack.key, len(pack.records))
+        assert 1 <= len(pack.records) <= last - first + 1, (pack.key, len(pack.records))
         records = sorted(((r.name, r.value, r.time) for r in pack.records), key=repr)
         if content.setdefault(pack.key, records) != records:
             raise AssertionError(f"key {pack.key} came with different records")
@@ -537,35 +537,15 @@ async def test_happy_path(broker, pki, tmp_path, rigs, protocol):
     produced = seen.keys() | left
     assert produced == set(range(len(produced))), "gaps or strangers among the values"
     check_keys(up)
+    # At least once allows duplicates, but only after a failure: none here.
     dups = duplicates_share_keys(seen)
-    print(f"{len(stored)} values stored, {len(seen)} delivered, {dups} more than once")
+    assert dups == 0, f"{dups} of {len(seen)} values delivered twice on a steady link"
     if protocol == 5:
         for pack in up.packs:
             assert pack.content_type == senml.CONTENT_TYPE
             assert pack.user_properties == [("idempotency-key", pack.key)]
     else:
         assert all(p.content_type is None and not p.user_properties for p in up.packs)
-
-
-@pytest.mark.xfail(
-    reason="DurableStore.ack() frees a segment for lease() before its delete is committed: "
-    "the uplink sends acknowledged segments again (same keys)",
-    strict=False,
-)
-async def test_no_redelivery_on_a_steady_link(broker, pki, tmp_path, rigs):
-    """At least once allows duplicates, but only after a failure: with the broker up all
-    along and a clean stop, every value should arrive exactly once."""
-    cfg = agent_config(
-        tmp_path / "agent.toml", broker, pki, tmp_path / "data", sources=[counter(0.002)]
-    )
-    async with asyncio.timeout(30), Upstream(broker, pki) as up:
-        rig = rigs(cfg)
-        await wait_until(lambda: len(up.values()) > 1000, 15, "1000 values")
-        assert await rig.terminate() == 0
-        await asyncio.sleep(0.5)
-    seen = up.values()
-    twice = sorted(v for v, keys in seen.items() if len(keys) > 1)
-    assert not twice, f"{len(twice)} of {len(seen)} values delivered twice: {twice[:10]}"
 
 
 @pytest.mark.parametrize("how", ["sigkill", "sigstop"])
@@ -699,6 +679,8 @@ async def test_full_store_counts_evictions_and_keeps_alarms(durable_broker, pki,
             f"state {up.states[-1].body}",
         )
         assert await rig.terminate() == 0
+    check_keys(up)
+    duplicates_share_keys(up.values())
 
 
 async def test_corrupt_store_is_quarantined_and_reported(broker, pki, tmp_path, rigs):
@@ -723,6 +705,7 @@ async def test_corrupt_store_is_quarantined_and_reported(broker, pki, tmp_path, 
         # ...and the agent works on with a fresh store.
         await wait_until(lambda: len(up.values()) > 5, 10, "no counter values after quarantine")
         assert await rig.terminate() == 0
+    check_keys(up)
     kept = [p for p in data_dir.iterdir() if p.name.startswith("store.db.corrupt-")]
     assert [p.read_bytes() for p in kept if not p.name.endswith(("-wal", "-shm"))] == [garbage]
 
