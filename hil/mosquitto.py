@@ -291,12 +291,21 @@ class Mosquitto:
             ]
         if self.plain:
             lines += ["", f"listener {self.plain_port} {LOOPBACK}", "allow_anonymous true"]
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        for path in (self.log_path, self.persistence_dir, *self._pki_paths()):
+            if path is not None and any(c.isspace() for c in str(path)):
+                raise MosquittoError(f"mosquitto.conf cannot take a path with spaces: {path}")
+        return text
+
+    def _pki_paths(self) -> list[Path]:
+        if self.pki is None:
+            return []
+        return [self.pki.ca_cert, self.pki.server_cert, self.pki.server_key]
 
     # ------------------------------------------------------------------- lifecycle
 
     def start(self, timeout: float = 10.0) -> Self:
-        """Start mosquitto and wait until every listener accepts TCP connections.
+        """Start mosquitto and wait until it listens on every port (its "running" line).
 
         Raises :class:`MosquittoError` with mosquitto's output if it exits or does
         not listen within ``timeout`` seconds.
