@@ -21,7 +21,7 @@ from . import __version__
 from .config import Config
 from .model import Priority, Record
 from .sources import Source, build_source
-from .store import DurableStore, StoreError
+from .store import DurableStore, StoreError, StoreFull
 from .systemd import SystemdNotifier, run_watchdog
 from .uplink import Uplink, UplinkSettings
 
@@ -189,7 +189,7 @@ class Agent:
             try:
                 await self.store.put_many(records, priority)
             except StoreError as exc:
-                cause = "store_full" if "full" in str(exc) else "store_error"
+                cause = "store_full" if isinstance(exc, StoreFull) else "store_error"
                 self.dropped[cause] += len(records)
                 log.error(
                     "%s: %d records dropped: %s", source.name, len(records), exc,

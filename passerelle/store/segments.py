@@ -98,8 +98,6 @@ class Batch:
     last_seq: int
 
 
-Segment = Batch  # the name older callers used
-
 
 @dataclass(slots=True)
 class StoreStats:
