@@ -93,7 +93,8 @@ class UplinkConfig(_Section, frozen=True):
     password_file: FilePath | None = None
     keepalive: PositiveInt = 30
     batch_records: Annotated[int, Meta(ge=1, le=4096)] = 250
-    batch_age: Annotated[float, Meta(ge=0, le=3600)] = 1.0
+    batch_age: Annotated[float, Meta(ge=0, le=3600)] = 60.0
+    compression: Literal["zlib", "none"] = "zlib"
     max_rate: PositiveFloat = 5000.0
     max_inflight: Annotated[int, Meta(ge=1, le=64)] = 4
     backoff_initial: PositiveFloat = 1.0
@@ -117,6 +118,7 @@ class StoreConfig(_Section, frozen=True):
     max_bytes: Annotated[int, Meta(ge=1048576)] = 268435456
     ttl: PositiveFloat = 2592000.0
     max_delay: Annotated[float, Meta(ge=0, le=0.1)] = 0.05
+    hold: Annotated[float, Meta(ge=0, le=3600)] = 0.0
 
 
 class LogConfig(_Section, frozen=True):
@@ -614,7 +616,10 @@ def summary(cfg: Config) -> str:
         f"broker   {up.host}:{up.port}  {security}, MQTT {'5' if up.protocol == 5 else '3.1.1'}, "
         f"client id {up.client_id}",
         f"store    {_bytes(st.max_bytes)} max, records kept {_seconds(st.ttl)}, "
-        f"commit linger {_seconds(st.max_delay)}",
+        f"commit linger {_seconds(st.max_delay)}"
+        + (f", HOLDS non-alarm records up to {_seconds(st.hold)} in RAM" if st.hold else ""),
+        f"packs    up to {up.batch_records} records or {_seconds(up.batch_age)} old, "
+        f"{'zlib' if up.compression == 'zlib' else 'uncompressed'}",
         f"sources  {len(cfg.sources) or 'none'}",
     ]
     width = max((len(s.name) for s in cfg.sources), default=0)

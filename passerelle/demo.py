@@ -442,6 +442,7 @@ def _config(data_dir: Path, port: int, protocol: int) -> dict[str, Any]:
             "allow_plaintext": True,  # loopback only, demo only
             "protocol": protocol,
             "batch_records": 100,
+            "batch_age": 1.0,  # a live view: packs every second, not every minute
             "max_rate": 2000.0,
             "backoff_initial": 0.5,
             "backoff_max": 2.0,
@@ -700,6 +701,7 @@ class Demo:
 
     async def _final_drain(self, agent: Agent, agent_task: asyncio.Task[None]) -> None:
         assert self.sub is not None
+        await agent.store.seal()  # the sources stopped: the last packs need not wait
         deadline = time.monotonic() + DRAIN_TIMEOUT
         while time.monotonic() < deadline and not agent_task.done():
             if self._sigints > 1:

@@ -61,7 +61,7 @@ def test_bench_quick_prints_every_metric(mosquitto_bin: str, tmp_path: Path) -> 
     assert pipe["cpu_us_per_record"] > 0 and pipe["bytes_per_record"] > 0
     assert pipe["json"]["json_bytes_per_record"] > 0
     assert r["meter"]["bytes_per_record"] > 0 and r["meter"]["records"] > 0
-    assert r["meter_long_batches"]["bytes_per_record"] > 0
+    assert r["meter_one_poll_packs"]["bytes_per_record"] > 0
     assert r["fill"]["records"] >= 50_000 and r["fill"]["peak_rss_kb"] > 0
     assert r["agent_rss"]["vm_rss_kb"] > 0
     assert r["agent_rss"]["records_buffered"] >= r["fill"]["records"]

@@ -425,3 +425,15 @@ def test_any_extra_key_is_an_unknown_key_at_its_path(
     path, reason = errors[0]
     assert path == expected_path(location, key)
     assert reason.startswith("unknown key")
+
+
+def test_flash_and_bandwidth_trade_offs_are_checked_and_summarised() -> None:
+    data = lab(compression="gzip")
+    data["store"] = {"hold": -1}
+    assert [path for path, _ in errors_of(data)] == ["uplink.compression", "store.hold"]
+    data = lab(batch_age=120)
+    data["store"] = {"hold": 60}
+    cfg = parse(data, Path("/"))
+    assert (cfg.uplink.compression, cfg.store.hold) == ("zlib", 60.0)
+    text = summary(cfg)
+    assert "HOLDS non-alarm records up to" in text and "zlib" in text

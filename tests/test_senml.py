@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import zlib
 
 import cbor2
 import pytest
@@ -61,6 +62,42 @@ def test_pack_round_trip(recs: list[Record]) -> None:
             assert g.value == w.value
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(records, min_size=1, max_size=60))
+def test_compressed_pack_decodes_to_the_same_records(recs: list[Record]) -> None:
+    plain = senml.encode_pack(recs, base_name, "cab-0042/10-69")
+    sent = senml.compress(plain)
+    assert len(sent) <= len(plain)
+    assert senml.is_compressed(sent) == (sent != plain)
+    assert senml.decode_pack(sent) == senml.decode_pack(plain)
+
+
+def test_meter_polls_cost_under_eight_bytes_per_value_once_compressed() -> None:
+    from hil.bench import EnergyMeterSim
+
+    sim = EnergyMeterSim()
+    recs = [r for k in range(6) for r in sim.poll(k, 1.8e9)]  # one minute: 6 polls of 20
+    plain = senml.encode_pack(recs, base_name, "cab-0042/1000-1119")
+    sent = senml.compress(plain)
+    assert len(plain) / len(recs) > 12  # distinct names, units and decimals: SenML alone
+    assert len(sent) / len(recs) <= 8
+    got, _ = senml.decode_pack(sent)
+    assert sorted(r.value for r in got) == sorted(r.value for r in recs)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"\x78\x9c\x07\x00", "does not inflate"),
+        (zlib.compress(cbor2.dumps([{0: "x", 2: 1}]))[:-6], "truncated"),
+        (zlib.compress(b"\x00" * (senml.MAX_PACK_BYTES + 1)), "inflates to more than"),
+    ],
+)
+def test_bad_compressed_packs_are_refused(payload: bytes, message: str) -> None:
+    with pytest.raises(senml.SenMLError, match=message):
+        senml.decode_pack(payload)
+
+
 def test_labels_are_the_rfc_8428_integers() -> None:
     recs = [Record("env", "temperature", 21.5, 1.8e9, "Cel")]
     pack = cbor2.loads(senml.encode_pack(recs, base_name))
@@ -95,6 +132,7 @@ def test_decimal_readings_travel_as_decimal_fractions() -> None:
         (cbor2.dumps([1]), "record 0: not a map"),
         (cbor2.dumps([{2: 1}]), "record 0: empty name"),
         (cbor2.dumps([{0: "x"}]), "record 0 (x): no value"),
+        (cbor2.dumps([{0: "x", 2: 1, 6: "soon"}]), "record 0: t is not a number"),
     ],
 )
 def test_bad_packs_are_refused_with_where(payload: bytes, message: str) -> None:

@@ -18,8 +18,14 @@ Contract
   handed out, and at every open: a batch resent after a crash holds the same records, so it
   carries the same idempotency key. Alarms are never held back: their batches seal at once.
 * Every record gets a sequence number that never repeats, even across restarts and after the
-  store emptied (the high-water mark is persisted with each commit): the uplink's
-  idempotency keys are built from it.
+  store emptied: the uplink's idempotency keys are built from it. The high-water mark is
+  reserved ahead in ``meta`` (``SEQ_RESERVE`` at a time), so an ordinary commit writes no
+  meta page; a restart skips the rest of the reservation.
+* One table and no secondary index: the row key is ``(ALARM - priority) << 48 | seq``, so
+  the primary key alone walks the queue in drain order (highest priority, then oldest), a
+  batch is a contiguous key range, and a commit dirties only the right-hand leaf pages of
+  its priority. Every index or meta row touched would cost one more 4 KiB WAL frame per
+  fsync, which is what wears the flash.
 * Records leave only when acknowledged (:meth:`ack`), or when evicted and counted:
   ``full`` (over ``max_bytes``: lowest priority, oldest first), ``ttl`` (older than ``ttl``),
   ``disk_full`` (SQLite could not grow the file), ``corrupt`` (a segment that no longer
@@ -53,23 +59,46 @@ log = logging.getLogger("passerelle.store")
 
 SEGMENT_RECORDS = 4096  # upper bound on records per segment whatever batch_records says
 CLOCK_VALID_AFTER = 1_577_836_800.0  # 2020-01-01T00:00:00Z
-EVICTION_CAUSES = ("full", "ttl", "disk_full", "corrupt")
+# commit_failed: records of held puts (``hold``) whose later commit failed.
+EVICTION_CAUSES = ("full", "ttl", "disk_full", "corrupt", "commit_failed")
+
+SCHEMA_VERSION = 2
+PAGE_SIZE = 1024
+SEQ_BITS = 48  # 2.8e14 records: 89 years at 100,000 records/s
+SEQ_MASK = (1 << SEQ_BITS) - 1
+SEQ_RESERVE = 1 << 20  # sequence numbers reserved per meta write
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS segment (
-    seq    INTEGER PRIMARY KEY,  -- sequence number of the segment's first record
+    key    INTEGER PRIMARY KEY,  -- (ALARM - priority) << 48 | seq of the first record
     batch  INTEGER NOT NULL,     -- seq of the batch's first segment: one upstream pack
     n      INTEGER NOT NULL,     -- records in the segment
-    prio   INTEGER NOT NULL,
     stored REAL    NOT NULL,     -- wall clock at commit (TTL)
     nbytes INTEGER NOT NULL,
     body   BLOB    NOT NULL      -- CBOR array of [device, name, value, time, unit]
 );
-CREATE INDEX IF NOT EXISTS segment_drain ON segment (prio, batch, seq);
--- Reading and deleting one batch must not scan the backlog (one row per commit: cheap).
-CREATE INDEX IF NOT EXISTS segment_batch ON segment (batch);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL) WITHOUT ROWID;
 """
+
+# Version 1 (before 0.1.0 was tagged) had a seq key, a prio column and two indexes.
+_MIGRATE_V1 = f"""
+CREATE TABLE segment_v2 (
+    key INTEGER PRIMARY KEY, batch INTEGER NOT NULL, n INTEGER NOT NULL,
+    stored REAL NOT NULL, nbytes INTEGER NOT NULL, body BLOB NOT NULL);
+INSERT INTO segment_v2 SELECT (({int(Priority.ALARM)} - prio) << {SEQ_BITS}) | seq,
+    batch, n, stored, nbytes, body FROM segment;
+DROP TABLE segment;
+ALTER TABLE segment_v2 RENAME TO segment;
+"""
+
+
+def _key(prio: int, seq: int) -> int:
+    return ((int(Priority.ALARM) - prio) << SEQ_BITS) | seq
+
+
+def _key_range(prio: int) -> tuple[int, int]:
+    lo = _key(prio, 0)
+    return lo, lo | SEQ_MASK
 
 
 class StoreError(Exception):
@@ -118,7 +147,8 @@ class _Group:
 
     by_prio: dict[int, list[Record]] = field(default_factory=dict)
     count: int = 0
-    done: asyncio.Future[None] | None = None
+    done: asyncio.Future[None] | None = None  # None while only held records wait
+    first: float = 0.0  # loop time of the first record (``hold`` counts from it)
 
 
 class DurableStore:
@@ -133,6 +163,11 @@ class DurableStore:
     batch_records: records per upstream pack (and the most a segment holds).
     batch_age: seconds a batch stays open for more commits (bigger packs, fewer bytes per
         record upstream) before it may be sent; alarm batches never wait.
+    hold: 0 (the default) keeps the contract above for every put. Above 0, a put below
+        ALARM priority returns at once and its records wait in RAM up to ``hold`` seconds
+        (or ``batch_records`` records, or the next durable put) for a shared commit: a
+        trickle of small commits costs a 4 KiB WAL page each, so this spares the flash at
+        the price of losing up to ``hold`` seconds of such records in a power cut.
     """
 
     def __init__(
@@ -147,6 +182,7 @@ class DurableStore:
         max_pages: int | None = None,
         batch_records: int = 250,
         batch_age: float = 0.0,
+        hold: float = 0.0,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
@@ -157,6 +193,7 @@ class DurableStore:
         self._max_pages = max_pages  # tests: a ceiling that makes SQLite report a full disk
         self.batch_records = max(1, min(batch_records, SEGMENT_RECORDS))
         self.batch_age = batch_age
+        self.hold = hold
         # priority -> [batch id, records, opened at]: the batch the next commit may join.
         # Owned by the worker thread (commits and reads both run there).
         self._open: dict[int, list[float]] = {}
@@ -178,10 +215,13 @@ class DurableStore:
         self._commits = 0
         self._fresh_quarantines = 0  # quarantines since open, added to the new file's meta
         self._last_error: str | None = None
-        self._leased: set[int] = set()
-        self._acked_pending: list[int] = []
+        self._seq_reserved = 0  # next_seq persisted in meta: a restart starts there
+        self._meta_dirty = False  # counters changed since meta was last written
+        # Leased batches: batch id -> (first key, last key), its rows' contiguous range.
+        self._leased: dict[int, tuple[int, int]] = {}
+        self._acked_pending: list[tuple[int, int]] = []  # key ranges to delete
         # Acknowledged batches whose rows are not deleted yet: never leased again.
-        self._acked_unsaved: set[int] = set()
+        self._acked_unsaved: dict[int, tuple[int, int]] = {}
         self._lock = asyncio.Lock()  # one DB job at a time from the loop's side
         self._committed = asyncio.Event()  # new records to lease
 
@@ -222,17 +262,25 @@ class DurableStore:
     async def put_many(
         self, records: Sequence[Record], priority: Priority = Priority.TELEMETRY
     ) -> None:
-        """Return once ``records`` are durable; raise StoreError if they could not be."""
+        """Return once ``records`` are durable; raise StoreError if they could not be.
+
+        With ``hold`` > 0, records below ALARM priority are only queued for a later commit.
+        """
         if self._closing or self._writer is None:
             raise StoreClosed("store is closed")
         if not records:
             return
         group = self._group
-        if group.done is None:
-            group.done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if not group.count:
+            group.first = loop.time()
         group.by_prio.setdefault(int(priority), []).extend(records)
         group.count += len(records)
         self._wake.set()
+        if self.hold > 0 and priority < Priority.ALARM:
+            return
+        if group.done is None:
+            group.done = loop.create_future()
         # shield: a putter that is cancelled must not cancel everybody's commit.
         await asyncio.shield(group.done)
 
@@ -240,9 +288,21 @@ class DurableStore:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self.max_delay and not self._closing and self._group.count < self.batch_records:
-                # Linger so a trickle of puts shares one fsync; a burst goes at once.
-                await asyncio.sleep(self.max_delay)
+            pending = self._group
+            if not self._closing and pending.count < self.batch_records:
+                if pending.done is None and pending.count and not self._acked_pending:
+                    # Only held records: commit when the oldest has waited ``hold``, or
+                    # earlier if a durable put, an ack, a burst or close() comes first.
+                    delay = pending.first + self.hold - asyncio.get_running_loop().time()
+                    if delay > 0:
+                        try:
+                            await asyncio.wait_for(self._wake.wait(), delay)
+                            continue  # woken: look again
+                        except TimeoutError:
+                            pass
+                elif self.max_delay:
+                    # Linger so a trickle of puts shares one fsync; a burst goes at once.
+                    await asyncio.sleep(self.max_delay)
             group, self._group = self._group, _Group()
             if group.count or self._acked_pending:
                 acked, self._acked_pending = self._acked_pending, []
@@ -257,6 +317,10 @@ class DurableStore:
                             exc if isinstance(exc, StoreError) else StoreError(str(exc))
                         )
                         group.done.exception()  # retrieved: no "never retrieved" warning
+                    if self.hold > 0:  # held records had nobody to tell: count them
+                        held = sum(len(v) for p, v in group.by_prio.items() if p < Priority.ALARM)
+                        self._counters["commit_failed"] += held
+                        self._meta_dirty = True
                 else:
                     if group.count:
                         self._committed.set()
@@ -270,9 +334,11 @@ class DurableStore:
     async def lease(self, max_batches: int = 4) -> list[Batch]:
         """The next batches to send, highest priority then oldest, not already leased."""
         self._committed.clear()  # before reading: a commit after this wakes wait_for_data
-        batches: list[Batch] = await self._run(self._read, max_batches)  # type: ignore[assignment]
-        self._leased.update(b.seq for b in batches)
-        return batches
+        found: list[tuple[Batch, tuple[int, int]]]
+        found = await self._run(self._read, max_batches)  # type: ignore[assignment]
+        for batch, span in found:
+            self._leased[batch.seq] = span
+        return [batch for batch, _ in found]
 
     async def wait_for_data(self, timeout: float) -> None:
         """Wait until a commit adds records (or ``timeout`` passes)."""
@@ -286,14 +352,21 @@ class DurableStore:
         if seqs is None:
             self._leased.clear()
         else:
-            self._leased.difference_update(seqs)
+            for seq in seqs:
+                self._leased.pop(seq, None)
 
     def ack(self, seq: int) -> None:
-        """The broker acknowledged batch ``seq``: delete it with the next commit."""
-        self._leased.discard(seq)
-        self._acked_unsaved.add(seq)
-        self._acked_pending.append(seq)
+        """The broker acknowledged leased batch ``seq``: delete it with the next commit."""
+        span = self._leased.pop(seq, None)
+        if span is None:  # released meanwhile, or evicted: it will be leased (or is gone)
+            return
+        self._acked_unsaved[seq] = span
+        self._acked_pending.append(span)
         self._wake.set()
+
+    async def seal(self) -> None:
+        """Close every open batch now, so the uplink may send it (shutdown, flush)."""
+        await self._run(self._open.clear)
 
     async def sync(self) -> None:
         """Commit pending acknowledgements now (tests and shutdown)."""
@@ -331,6 +404,10 @@ class DurableStore:
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Only takes effect on a new file. A commit writes whole pages to the WAL: 1 KiB
+        # pages keep a small commit (one meter poll) at a few KiB, and 5 KiB segments
+        # spill into overflow pages with little slack.
+        db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         db.execute("PRAGMA journal_mode=WAL")
         # FULL: the WAL is fsynced at every commit, which is the durability contract.
         db.execute("PRAGMA synchronous=FULL")
@@ -350,13 +427,25 @@ class DurableStore:
             if ok != "ok":
                 db.close()
                 raise sqlite3.DatabaseError(f"quick_check: {ok}")
-            db.executescript(_SCHEMA)
+            self._migrate(db)
         except sqlite3.DatabaseError as exc:
             self._quarantine(str(exc))
             db = self._connect()
-            db.executescript(_SCHEMA)
+            self._migrate(db)
         self._db = db
         self._load_state()
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema version {version} is newer than this agent")
+        columns = {r[1] for r in db.execute("PRAGMA table_info(segment)")}
+        if "prio" in columns:
+            db.executescript(f"BEGIN IMMEDIATE;{_MIGRATE_V1}COMMIT;")
+            log.info("store migrated to schema %d", SCHEMA_VERSION)
+        db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _quarantine(self, why: str) -> None:
         if self._db is not None:
@@ -381,11 +470,15 @@ class DurableStore:
         db = self._require_db()
         meta = dict(db.execute("SELECT k, v FROM meta").fetchall())
         row = db.execute(
-            "SELECT COALESCE(MAX(seq + n), 0), COALESCE(SUM(n), 0),"
-            " COALESCE(SUM(nbytes), 0), COUNT(*), MIN(stored) FROM segment"
+            "SELECT COALESCE(MAX((key & ?) + n), 0), COALESCE(SUM(n), 0),"
+            " COALESCE(SUM(nbytes), 0), COUNT(*), MIN(stored) FROM segment",
+            (SEQ_MASK,),
         ).fetchone()
         quarantined, self._fresh_quarantines = self._fresh_quarantines, 0
-        self._next_seq = max(int(meta.get("next_seq", 0)), row[0])
+        # A restart starts after the reservation: sequence numbers never repeat.
+        self._seq_reserved = int(meta.get("next_seq", 0))
+        self._next_seq = max(self._seq_reserved, row[0])
+        self._meta_dirty = bool(quarantined)
         self._depth, self._bytes, self._segments, self._oldest = row[1], row[2], row[3], row[4]
         for cause in EVICTION_CAUSES:
             self._counters[cause] = int(meta.get(f"evicted.{cause}", 0))
@@ -399,11 +492,22 @@ class DurableStore:
         return self._db
 
     def _save_meta(self, db: sqlite3.Connection) -> None:
-        rows = [("next_seq", self._next_seq), ("quarantined", self._counters["quarantined"])]
+        """Write counters and the sequence reservation, only when one of them must move."""
+        if not self._meta_dirty and self._next_seq <= self._seq_reserved:
+            return
+        reserved = max(self._seq_reserved, self._next_seq)
+        if self._next_seq >= self._seq_reserved:
+            reserved = self._next_seq + SEQ_RESERVE
+        rows = [("next_seq", reserved), ("quarantined", self._counters["quarantined"])]
         rows += [(f"evicted.{c}", self._counters[c]) for c in EVICTION_CAUSES]
         db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", rows)
+        # In memory only once the caller's transaction commits; a rollback reloads state.
+        self._seq_reserved = reserved
+        self._meta_dirty = False
 
-    def _commit(self, by_prio: dict[int, list[Record]], acked: list[int]) -> None:
+    def _commit(
+        self, by_prio: dict[int, list[Record]], acked: list[tuple[int, int]]
+    ) -> None:
         db = self._require_db()
         now = self._clock()
         rows = []
@@ -415,17 +519,19 @@ class DurableStore:
             for start in range(0, len(records), size):
                 chunk = records[start : start + size]
                 body = cbor2.dumps(chunk, string_referencing=True)
-                rows.append((seq, self._batch_for(prio, seq, len(chunk), now), len(chunk),
-                             prio, now, len(body), body))
+                rows.append((_key(prio, seq), self._batch_for(prio, seq, len(chunk), now),
+                             len(chunk), now, len(body), body))
                 seq += len(chunk)
-        incoming = sum(r[5] for r in rows)
+        incoming = sum(r[4] for r in rows)
         try:
             self._commit_rows(db, rows, acked, seq, incoming)
         except BaseException:
             self._open = opened
             raise
-        for seq_ in acked:
-            self._acked_unsaved.discard(seq_)
+        done = set(acked)
+        for batch, span in list(self._acked_unsaved.items()):
+            if span in done:
+                del self._acked_unsaved[batch]
 
     def _batch_for(self, prio: int, seq: int, n: int, now: float) -> int:
         """The batch a new segment joins (see the module docstring)."""
@@ -447,8 +553,8 @@ class DurableStore:
     def _commit_rows(
         self,
         db: sqlite3.Connection,
-        rows: list[tuple[int, int, int, int, float, int, bytes]],
-        acked: list[int],
+        rows: list[tuple[int, int, int, float, int, bytes]],
+        acked: list[tuple[int, int]],
         seq: int,
         incoming: int,
     ) -> None:
@@ -471,8 +577,8 @@ class DurableStore:
     def _transaction(
         self,
         db: sqlite3.Connection,
-        rows: list[tuple[int, int, int, int, float, int, bytes]],
-        acked: list[int],
+        rows: list[tuple[int, int, int, float, int, bytes]],
+        acked: list[tuple[int, int]],
         next_seq: int,
         incoming: int,
     ) -> None:
@@ -481,8 +587,7 @@ class DurableStore:
             gone = self._delete(db, acked)
             self._make_room(db, incoming - gone[1])
             db.executemany(
-                "INSERT INTO segment (seq, batch, n, prio, stored, nbytes, body)"
-                " VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO segment (key, batch, n, stored, nbytes, body) VALUES (?,?,?,?,?,?)",
                 rows,
             )
             previous_seq, self._next_seq = self._next_seq, next_seq
@@ -503,20 +608,45 @@ class DurableStore:
         self._bytes += incoming - gone[1]
         self._segments += len(rows) - gone[2]
         if rows and self._oldest is None:
-            self._oldest = rows[0][4]
+            self._oldest = rows[0][3]
         if gone[2] or self._segments == 0:
-            self._oldest = db.execute("SELECT MIN(stored) FROM segment").fetchone()[0]
+            self._oldest = self._oldest_stored(db)
 
-    def _delete(self, db: sqlite3.Connection, batches: list[int]) -> tuple[int, int, int]:
+    def _oldest_stored(self, db: sqlite3.Connection) -> float | None:
+        """Commit time of the first segment of each priority: four key lookups, no scan."""
+        times = []
+        for prio in Priority:
+            lo, hi = _key_range(prio)
+            row = db.execute(
+                "SELECT stored FROM segment WHERE key BETWEEN ? AND ? ORDER BY key LIMIT 1",
+                (lo, hi),
+            ).fetchone()
+            if row is not None:
+                times.append(row[0])
+        return min(times) if times else None
+
+    def _delete(
+        self, db: sqlite3.Connection, spans: list[tuple[int, int]]
+    ) -> tuple[int, int, int]:
         n = nbytes = count = 0
-        for batch in batches:
+        for first, last in spans:
             for row in db.execute(
-                "DELETE FROM segment WHERE batch = ? RETURNING n, nbytes", (batch,)
+                "DELETE FROM segment WHERE key BETWEEN ? AND ? RETURNING n, nbytes", (first, last)
             ).fetchall():  # already evicted segments are simply gone
                 n += row[0]
                 nbytes += row[1]
                 count += 1
         return n, nbytes, count
+
+    def _batch_span(self, db: sqlite3.Connection, first: int, batch: int) -> tuple[int, int]:
+        """The key range of the batch whose first row is ``first``: up to the next batch."""
+        hi = first | SEQ_MASK
+        row = db.execute(
+            "SELECT key FROM segment WHERE key > ? AND key <= ? AND batch != ? ORDER BY key"
+            " LIMIT 1",
+            (first, hi, batch),
+        ).fetchone()
+        return first, (hi if row is None else row[0] - 1)
 
     def _make_room(self, db: sqlite3.Connection, incoming: int) -> None:
         while self._bytes + incoming > self.max_bytes and self._segments > 0:
@@ -525,18 +655,24 @@ class DurableStore:
 
     def _evict_one(self, db: sqlite3.Connection, cause: str, in_tx: bool = False) -> bool:
         """Evict the lowest-priority, oldest batch; count its records under ``cause``."""
-        row = db.execute(
-            "SELECT batch, prio FROM segment ORDER BY prio, batch LIMIT 1"
-        ).fetchone()
-        if row is None:
+        for prio in sorted(Priority):
+            lo, hi = _key_range(prio)
+            row = db.execute(
+                "SELECT key, batch FROM segment WHERE key BETWEEN ? AND ? ORDER BY key LIMIT 1",
+                (lo, hi),
+            ).fetchone()
+            if row is not None:
+                break
+        else:
             return False
-        batch, prio = row
-        n, nbytes, count = self._delete(db, [batch])
+        batch = row[1]
+        n, nbytes, count = self._delete(db, [self._batch_span(db, row[0], batch)])
         self._counters[cause] += n
+        self._meta_dirty = True
         self._depth -= n
         self._bytes -= nbytes
         self._segments -= count
-        self._leased.discard(batch)
+        self._leased.pop(batch, None)
         if self._open.get(prio, [None])[0] == batch:
             del self._open[prio]
         log.warning(
@@ -556,85 +692,133 @@ class DurableStore:
         if now < CLOCK_VALID_AFTER:
             return
         cutoff = now - self.ttl
-        db.execute("BEGIN IMMEDIATE")
-        rows = db.execute(
-            "DELETE FROM segment WHERE stored >= ? AND stored < ? RETURNING batch, n, nbytes",
-            (CLOCK_VALID_AFTER, cutoff),
-        ).fetchall()
-        for seq, n, nbytes in rows:
-            self._counters["ttl"] += n
-            self._depth -= n
-            self._bytes -= nbytes
-            self._segments -= 1
-            self._leased.discard(seq)
-        self._save_meta(db)
-        db.execute("COMMIT")
-        if rows:
-            self._oldest = db.execute("SELECT MIN(stored) FROM segment").fetchone()[0]
-            log.warning(
-                "expired %d records older than %ss",
-                sum(r[1] for r in rows),
-                self.ttl,
-                extra={"cause": "store.evict.ttl"},
+        gone: list[tuple[int, int, int, int]] = []
+        # Within a priority, rows were committed in key order: walk from the oldest and stop
+        # at the first one still young. A row dated in the future (the clock went back)
+        # stops the walk too: records may expire late, never early. Rows dated before 2020
+        # (no clock yet) are never expired by age.
+        for prio in Priority:
+            lo, hi = _key_range(prio)
+            cur = db.execute(
+                "SELECT key, batch, n, nbytes, stored FROM segment WHERE key BETWEEN ? AND ?"
+                " ORDER BY key",
+                (lo, hi),
             )
+            for key, batch, n, nbytes, stored in cur:
+                if stored < CLOCK_VALID_AFTER:
+                    continue
+                if stored >= cutoff:
+                    break
+                gone.append((key, batch, n, nbytes))
+            cur.close()
+        if not gone:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("DELETE FROM segment WHERE key = ?", [(g[0],) for g in gone])
+            for _, batch, n, nbytes in gone:
+                self._counters["ttl"] += n
+                self._depth -= n
+                self._bytes -= nbytes
+                self._segments -= 1
+                self._leased.pop(batch, None)
+            self._meta_dirty = True
+            self._save_meta(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self._load_state()
+            raise
+        self._oldest = self._oldest_stored(db)
+        log.warning(
+            "expired %d records older than %ss",
+            sum(g[2] for g in gone),
+            self.ttl,
+            extra={"cause": "store.evict.ttl"},
+        )
 
-    def _read(self, max_batches: int) -> list[Batch]:
+    def _read(self, max_batches: int) -> list[tuple[Batch, tuple[int, int]]]:
         db = self._require_db()
         now = self._clock()
-        skip = self._leased | self._acked_unsaved
-        # One priority at a time, so the (prio, batch) index walks batches in drain order and
-        # LIMIT stops the walk early however long the backlog is.
-        limit = max_batches + len(skip) + len(self._open)
-        rows: list[tuple[int, int]] = []
+        out: list[tuple[Batch, tuple[int, int]]] = []
         for prio in sorted(Priority, reverse=True):
-            rows += db.execute(
-                "SELECT DISTINCT batch, prio FROM segment WHERE prio = ? ORDER BY batch LIMIT ?",
-                (int(prio), limit),
-            ).fetchall()
-            if len(rows) >= limit:
-                break
-        out: list[Batch] = []
-        for batch, prio in rows:
-            if batch in skip:
-                continue
-            current = self._open.get(prio)
-            if current is not None and current[0] == batch:
-                if 0 <= now - current[2] < self.batch_age:
-                    continue  # still filling: later commits may join it
-                del self._open[prio]  # sealed before anybody sees it
-            records: list[Record] = []
-            last = batch
-            for seq, body in db.execute(
-                "SELECT seq, body FROM segment WHERE batch = ? ORDER BY seq", (batch,)
-            ).fetchall():
-                try:
-                    decoded = [Record._make(r) for r in cbor2.loads(body)]
-                except Exception as exc:  # a segment that no longer decodes: counted, dropped
-                    log.error("segment %d undecodable: %s", seq, exc,
-                              extra={"cause": "store.corrupt"})
-                    self._drop_corrupt(db, seq)
+            lo, hi = _key_range(prio)
+            cursor = lo
+            while len(out) < max_batches:
+                row = db.execute(
+                    "SELECT key, batch FROM segment WHERE key BETWEEN ? AND ? ORDER BY key"
+                    " LIMIT 1",
+                    (cursor, hi),
+                ).fetchone()
+                if row is None:
+                    break
+                first, batch = row
+                span = self._leased.get(batch) or self._acked_unsaved.get(batch)
+                if span is not None:  # in flight or done: jump over its rows
+                    cursor = span[1] + 1
                     continue
-                records.extend(decoded)
-                last = seq + len(decoded) - 1
-            if records:
-                out.append(Batch(batch, Priority(prio), records, last))
+                current = self._open.get(prio)
+                if current is not None and current[0] == batch:
+                    if 0 <= now - current[2] < self.batch_age:
+                        break  # still filling (and the newest of its priority)
+                    del self._open[prio]  # sealed before anybody sees it
+                records, last_key, last_seq, corrupt = self._read_batch(db, first, hi, batch)
+                for key in corrupt:
+                    self._drop_corrupt(db, key)
+                cursor = last_key + 1
+                if records:
+                    out.append((Batch(batch, Priority(prio), records, last_seq),
+                                (first, last_key)))
             if len(out) >= max_batches:
                 break
         return out
 
-    def _drop_corrupt(self, db: sqlite3.Connection, seq: int) -> None:
-        row = db.execute("DELETE FROM segment WHERE seq = ? RETURNING n, nbytes", (seq,)).fetchone()
+    def _read_batch(
+        self, db: sqlite3.Connection, first: int, hi: int, batch: int
+    ) -> tuple[list[Record], int, int, list[int]]:
+        """Records of the batch starting at key ``first`` (its rows are contiguous)."""
+        records: list[Record] = []
+        corrupt: list[int] = []
+        last_key, last_seq = first, batch
+        cur = db.execute(
+            "SELECT key, batch, body FROM segment WHERE key BETWEEN ? AND ? ORDER BY key",
+            (first, hi),
+        )
+        for key, row_batch, body in cur:
+            if row_batch != batch:
+                break
+            last_key = key
+            try:
+                decoded = [Record._make(r) for r in cbor2.loads(body)]
+            except Exception as exc:  # a segment that no longer decodes: counted, dropped
+                log.error("segment %d undecodable: %s", key & SEQ_MASK, exc,
+                          extra={"cause": "store.corrupt"})
+                corrupt.append(key)
+                continue
+            records.extend(decoded)
+            last_seq = (key & SEQ_MASK) + len(decoded) - 1
+        cur.close()
+        return records, last_key, last_seq, corrupt
+
+    def _drop_corrupt(self, db: sqlite3.Connection, key: int) -> None:
+        row = db.execute("DELETE FROM segment WHERE key = ? RETURNING n, nbytes", (key,)).fetchone()
         if row:
             self._counters["corrupt"] += row[0]
             self._depth -= row[0]
             self._bytes -= row[1]
             self._segments -= 1
+            self._meta_dirty = True
             self._save_meta(db)
 
     def _close_db(self) -> None:
         if self._db is None:
             return
         try:
+            # A clean stop records the exact high-water mark: the next start skips nothing.
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES ('next_seq', ?)", (self._next_seq,)
+            )
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._db.close()

@@ -61,6 +61,7 @@ class UplinkSettings:
     password_file: str | None = None
     keepalive: int = 30
     batch_records: int = 250
+    compression: str = "zlib"  # zlib | none
     max_rate: float = 5000.0
     max_inflight: int = 4
     backoff_initial: float = 1.0
@@ -280,11 +281,15 @@ class Uplink:
         try:
             key = f"{self.s.gateway_id}/{batch.seq}-{batch.last_seq}"
             payload = senml.encode_pack(batch.records, self._base_name, key)
+            if self.s.compression == "zlib":
+                payload = senml.compress(payload)
             props = None
             if self.s.protocol == 5:
                 props = Properties(PacketTypes.PUBLISH)
                 props.ContentType = senml.CONTENT_TYPE
                 props.UserProperty = [("idempotency-key", key)]
+                if senml.is_compressed(payload):
+                    props.UserProperty.append(("content-encoding", "deflate"))
             await client.publish_acked(self.prefix + "up/senml", payload, properties=props)
         finally:
             inflight.release()
