@@ -1,0 +1,1 @@
+"""Local policies: the regulatory duty-cycle gate, data sobriety, lighting."""
