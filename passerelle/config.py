@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta
 
+from .lorawan import config as lorawan_config
+from .lorawan.config import LorawanConfig, RadioConfig
 from .model import Priority, check_name
 
 __all__ = [
@@ -167,6 +169,8 @@ class Config(_Section, frozen=True):
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     sources: list[SourceConfig] = msgspec.field(default_factory=list)
+    radio: RadioConfig | None = None
+    lorawan: LorawanConfig = msgspec.field(default_factory=LorawanConfig)
 
 
 Errors = list[tuple[str, str]]  # (dotted path, reason)
@@ -279,6 +283,19 @@ def _check_value(value: Any, tp: Any, path: str, errors: Errors) -> Any:
     base = _strip(tp)
     if _is_struct(base):
         return _check_struct(value, base, path, errors)
+    union = _tagged_union(base)
+    if union is not None and value is not None:
+        return _check_variant(value, union, path.rpartition(".")[2], path, errors)
+    item_struct = _struct_list(base)
+    if item_struct is not None:
+        if not isinstance(value, list):
+            name = path.rpartition(".")[2]
+            errors.append((path, f"expected a list of tables ([[{name}]]), got {_kind(value)}"))
+            return _BAD
+        return [
+            None if (r := _check_struct(item, item_struct, f"{path}[{i}]", errors)) is _BAD else r
+            for i, item in enumerate(value)
+        ]
     variants = _tagged_list(base)
     if variants is not None:
         if not isinstance(value, list):
@@ -335,6 +352,26 @@ def _is_struct(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
 
 
+def _tagged_union(tp: Any) -> dict[str, type[msgspec.Struct]] | None:
+    """tag -> Struct for ``A | B [| None]`` of tagged Structs (``[radio]``), else None."""
+    if get_origin(tp) not in (Union, types.UnionType):
+        return None
+    members = [m for m in get_args(tp) if m is not type(None)]
+    if not all(_is_struct(m) and m.__struct_config__.tag is not None for m in members):
+        return None
+    return {m.__struct_config__.tag: m for m in members}
+
+
+def _struct_list(tp: Any) -> type[msgspec.Struct] | None:
+    """The item Struct of ``list[S]`` for an untagged Struct ``S``, else None."""
+    if get_origin(tp) is not list:
+        return None
+    item = get_args(tp)[0]
+    if _is_struct(item) and item.__struct_config__.tag is None:
+        return item
+    return None
+
+
 def _tagged_list(tp: Any) -> dict[str, type[msgspec.Struct]] | None:
     """tag -> Struct for ``list[A | B]`` of tagged Structs (a tagged union), else None."""
     if get_origin(tp) is not list:
@@ -378,6 +415,10 @@ def _check_semantics(c: dict[str, Any], base_dir: Path, errors: Errors) -> None:
         _check_uplink(up, errors)
         if up.get("client_id") is None and "id" in gw:
             up["client_id"] = gw["id"]
+
+    lw = c.get("lorawan")
+    if isinstance(lw, dict):
+        lorawan_config.check(lw, errors, {"cayenne", "raw"})
 
     seen: dict[str, int] = {}
     for i, src in enumerate(c.get("sources") or ()):

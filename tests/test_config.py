@@ -437,3 +437,53 @@ def test_flash_and_bandwidth_trade_offs_are_checked_and_summarised() -> None:
     assert (cfg.uplink.compression, cfg.store.hold) == ("zlib", 60.0)
     text = summary(cfg)
     assert "HOLDS non-alarm records up to" in text and "zlib" in text
+
+
+def test_radio_and_lorawan_sections() -> None:
+    data = lab()
+    data["radio"] = {"type": "semtech-udp", "listen": "127.0.0.1:1700"}
+    data["lorawan"] = {
+        "devices": [
+            {"name": "lum-001", "dev_eui": "70b3d57ed0000001", "class": "C",
+             "join_eui": "0" * 16, "app_key": "2b7e151628aed2a6abf7158809cf4f3c"},
+            {"name": "water-7", "dev_eui": "70b3d57ed0000002", "dev_addr": "26011bda",
+             "nwk_s_key": "00" * 16, "app_s_key": "11" * 16, "codec": "raw"},
+        ],
+        "multicast": [{"name": "rue-pasteur", "dev_addr": "26011bff", "nwk_s_key": "22" * 16,
+                       "app_s_key": "33" * 16, "devices": ["lum-001"]}],
+    }
+    cfg = parse(data, Path("/"))
+    assert cfg.radio is not None and cfg.radio.type == "semtech-udp"
+    lum, water = cfg.lorawan.devices
+    assert (lum.class_, lum.otaa, water.otaa, water.codec) == ("C", True, False, "raw")
+    assert cfg.lorawan.rx2_datarate == "SF12BW125"
+    # Keys never reach the summary.
+    assert "2b7e1516" not in summary(cfg)
+
+
+def test_lorawan_mistakes_are_reported_with_their_paths() -> None:
+    data = lab()
+    data["radio"] = {"type": "lora"}
+    data["lorawan"] = {
+        "devices": [
+            {"name": "a", "dev_eui": "zz", "app_key": "00" * 16, "dev_addr": "01020304",
+             "codec": "x", "colour": 1},
+            {"name": "a", "dev_eui": "70b3d57ed0000001"},
+            {"name": "b", "dev_eui": "70b3d57ed0000002", "dev_addr": "0a0b0c0d",
+             "nwk_s_key": "00" * 16},
+        ],
+        "multicast": [{"name": "street", "dev_addr": "01020304", "nwk_s_key": "00" * 16,
+                       "app_s_key": "00" * 16, "devices": ["c"]}],
+    }
+    assert errors_of(data) == [
+        ("radio.type", "unknown radio type 'lora' (known: at-modem, semtech-udp, sim, sx127x)"),
+        ("lorawan.devices[0].colour", "unknown key"),
+        ("lorawan.devices[0].dev_eui", "invalid 'zz': 16 hex digits (an EUI-64)"),
+        ("lorawan.devices[0]", "both OTAA (join_eui, app_key) and ABP keys: choose one"),
+        ("lorawan.devices[0].codec", "unknown codec 'x' (known: cayenne, raw)"),
+        ("lorawan.devices[1].name", "duplicate device 'a' (also devices[0])"),
+        ("lorawan.devices[1].app_key", "required: OTAA (join_eui, app_key) or ABP keys"),
+        ("lorawan.devices[2].app_s_key", "required for ABP"),
+        ("lorawan.multicast[0].dev_addr", "DevAddr also used by devices[0]"),
+        ("lorawan.multicast[0].devices[0]", "no device named 'c'"),
+    ]
