@@ -286,6 +286,13 @@ def _check_value(value: Any, tp: Any, path: str, errors: Errors) -> Any:
     union = _tagged_union(base)
     if union is not None and value is not None:
         return _check_variant(value, union, path.rpartition(".")[2], path, errors)
+    if get_origin(base) is dict and _is_struct(get_args(base)[1]):
+        if not isinstance(value, dict):
+            errors.append((path, f"expected a table of tables, got {_kind(value)}"))
+            return _BAD
+        item = get_args(base)[1]
+        checked = {k: _check_struct(v, item, _join(path, k), errors) for k, v in value.items()}
+        return {k: v for k, v in checked.items() if v is not _BAD}
     item_struct = _struct_list(base)
     if item_struct is not None:
         if not isinstance(value, list):
@@ -418,7 +425,7 @@ def _check_semantics(c: dict[str, Any], base_dir: Path, errors: Errors) -> None:
 
     lw = c.get("lorawan")
     if isinstance(lw, dict):
-        lorawan_config.check(lw, errors, {"cayenne", "raw"})
+        lorawan_config.check(lw, errors)
 
     seen: dict[str, int] = {}
     for i, src in enumerate(c.get("sources") or ()):

@@ -487,3 +487,26 @@ def test_lorawan_mistakes_are_reported_with_their_paths() -> None:
         ("lorawan.multicast[0].dev_addr", "DevAddr also used by devices[0]"),
         ("lorawan.multicast[0].devices[0]", "no device named 'c'"),
     ]
+
+
+def test_lorawan_codec_layouts_are_validated_at_their_paths() -> None:
+    data = lab()
+    data["lorawan"] = {
+        "codecs": {
+            "water": {"fields": [
+                {"name": "index", "offset": 0, "type": "u32", "endian": "little", "unit": "m3",
+                 "scale": 0.001},
+                {"name": "battery", "offset": 4, "type": "u8", "scale": 0.1, "unit": "V"},
+            ]},
+            "bad": {"fields": [{"name": "x", "offset": 0, "type": "u7"}]},
+            "raw": {"fields": []},
+        },
+        "devices": [{"name": "w1", "dev_eui": "70b3d57ed0000001", "join_eui": "0" * 16,
+                     "app_key": "00" * 16, "codec": "bad"}],
+    }
+    paths = [p for p, _ in errors_of(data)]
+    assert paths == ["lorawan.codecs.bad.fields[0].type", "lorawan.codecs.raw"]
+    del data["lorawan"]["codecs"]["bad"], data["lorawan"]["codecs"]["raw"]
+    data["lorawan"]["devices"][0]["codec"] = "water"
+    cfg = parse(data, Path("/"))
+    assert [f.name for f in cfg.lorawan.codecs["water"].fields] == ["index", "battery"]

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from .codecs import Layout, builtin_codecs, validate_layout
+
 Hex8 = Annotated[
     str, Meta(pattern=r"^[0-9a-fA-F]{8}$", extra={"hint": "8 hex digits (4 bytes, as written)"})
 ]
@@ -117,15 +119,33 @@ class LorawanConfig(_Section, frozen=True):
     max_fcnt_gap: Annotated[int, Meta(ge=1, le=65535)] = 16384
     devices: list[DeviceConfig] = msgspec.field(default_factory=list)
     multicast: list[MulticastConfig] = msgspec.field(default_factory=list)
+    # [lorawan.codecs.<name>]: fixed binary layouts, named by devices' `codec`
+    codecs: dict[str, Layout] = msgspec.field(default_factory=dict)
 
 
 _OTAA = ("join_eui", "app_key")
 _ABP = ("dev_addr", "nwk_s_key", "app_s_key")
 
 
-def check(lw: dict[str, Any], errors: list[tuple[str, str]], codec_names: set[str]) -> None:
+def check(lw: dict[str, Any], errors: list[tuple[str, str]]) -> None:
     """Cross-field rules of ``[lorawan]`` on the cleaned dict (values already converted)."""
     from ..model import check_name
+
+    codec_names = set(builtin_codecs())
+    for name, layout in (lw.get("codecs") or {}).items():
+        path = f"lorawan.codecs.{name}"
+        if name in codec_names:
+            errors.append((path, f"{name!r} is a built-in codec: choose another name"))
+            continue
+        codec_names.add(name)  # defined, even if broken: devices naming it are not at fault
+        try:
+            problems = validate_layout(msgspec.convert(layout, Layout))
+        except msgspec.ValidationError as e:
+            # A field already reported by the structural pass was dropped: nothing to add.
+            if not any(p.startswith(path + ".") for p, _ in errors):
+                errors.append((path, str(e)))
+            continue
+        errors.extend((f"{path}.{where}", why) for where, why in problems)
 
     names: dict[str, int] = {}
     euis: dict[str, int] = {}
