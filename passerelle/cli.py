@@ -5,6 +5,10 @@
   passerelle demo [--duration S] [--json]
                                         the agent against simulated street equipment and an
                                         embedded broker, with a live view
+  passerelle lorawan decode HEX [--nwkskey K] [--appskey K] [--appkey K] [--json]
+                                        every field of a LoRaWAN frame (exit 2 if malformed)
+  passerelle lorawan airtime --sf N --bw KHZ --cr 4/5 --size BYTES [--json]
+                                        LoRa time on air, and how many frames fit per hour
 """
 
 from __future__ import annotations
@@ -79,10 +83,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedded broker: mosquitto if found on PATH, else amqtt (default auto)",
     )
     demo.set_defaults(func=cmd_demo)
+    sub.add_parser("lorawan", help="LoRaWAN tools: decode a frame, compute time on air")
     return p
 
 
+LORAWAN_TOOLS = {
+    "decode": "passerelle.lorawan.decode_cli",
+    "airtime": "passerelle.lorawan.airtime_cli",
+}
+
+
+def _lorawan(argv: list[str]) -> int:
+    """``passerelle lorawan <tool> ...``: integrator tools, each with its own parser."""
+    import importlib
+
+    if not argv or argv[0] not in LORAWAN_TOOLS:
+        tools = ", ".join(LORAWAN_TOOLS)
+        print(f"usage: passerelle lorawan {{{tools}}} ... (--help for each)", file=sys.stderr)
+        return 2
+    module = importlib.import_module(LORAWAN_TOOLS[argv[0]])
+    return int(module.main(argv[1:]))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lorawan"]:  # its tools parse their own options (hex frames, keys)
+        return _lorawan(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
