@@ -77,6 +77,13 @@ class Agent:
         self.produced: Counter[str] = Counter()  # records stored, per source
         self.dropped: Counter[str] = Counter()  # records lost before the store, per cause
         self.restarts: Counter[str] = Counter()
+        self.lorawan = None
+        if cfg.radio is not None:
+            from .lorawan.runtime import LorawanService
+
+            # Its emit raises when the store refuses: an unstored uplink is never acknowledged.
+            self.lorawan = LorawanService(cfg.lorawan, cfg.radio, cfg.gateway.data_dir,
+                                          self._emitter("lorawan", raise_errors=True))
         self.uplink = Uplink(uplink_settings(cfg), self.store, health=self.health)
         self._stop = asyncio.Event()
         self._alarms: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
@@ -107,6 +114,7 @@ class Agent:
             "restarts": dict(self.restarts),
             "logs_suppressed": sum(suppressed_counts().values()),
             "last_error": up.last_error or st.last_error,
+            **({"lorawan": self.lorawan.health()} if self.lorawan is not None else {}),
         }
 
     # -- lifetime -------------------------------------------------------------------------
@@ -135,6 +143,10 @@ class Agent:
                 tg.create_task(self._supervise(f"source:{s.name}", self._source_runner(s)))
                 for s in self.sources
             ]
+            if self.lorawan is not None:  # stops with the sources: nothing new after SIGTERM
+                source_tasks.append(
+                    tg.create_task(self._supervise("lorawan", self.lorawan.run))
+                )
             uplink_task = tg.create_task(self._supervise("uplink", self.uplink.run))
             others = [
                 tg.create_task(self._supervise("alarms", self._alarm_loop)),
@@ -202,7 +214,11 @@ class Agent:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 60.0)
 
-    def _source_runner(self, source: Source) -> Callable[[], Awaitable[None]]:
+    def _emitter(
+        self, name: str, raise_errors: bool = False
+    ) -> Callable[[Sequence[Record], Priority], Awaitable[None]]:
+        """What a producer calls with its records: a durable put, counted either way."""
+
         async def emit(records: Sequence[Record], priority: Priority) -> None:
             try:
                 await self.store.put_many(records, priority)
@@ -210,11 +226,18 @@ class Agent:
                 cause = "store_full" if isinstance(exc, StoreFull) else "store_error"
                 self.dropped[cause] += len(records)
                 log.error(
-                    "%s: %d records dropped: %s", source.name, len(records), exc,
+                    "%s: %d records dropped: %s", name, len(records), exc,
                     extra={"cause": f"drop.{cause}"},
                 )
+                if raise_errors:
+                    raise
                 return
-            self.produced[source.name] += len(records)
+            self.produced[name] += len(records)
+
+        return emit
+
+    def _source_runner(self, source: Source) -> Callable[[], Awaitable[None]]:
+        emit = self._emitter(source.name)
 
         async def runner() -> None:
             await source.run(emit)

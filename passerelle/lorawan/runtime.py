@@ -1,0 +1,140 @@
+"""Builds the radio and the edge network server from the config, and runs them in the agent.
+
+Owns what must outlive a restart besides the store: ``lorawan.db`` (sessions and counters)
+and ``dutycycle.json`` (the last hour of airtime per band), both in the data directory.
+A restart loop must not reset the hour, or a crash-looping gateway would exceed its legal
+airtime; the ledger is saved after every transmission (atomically) and read at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..model import Priority, Record
+from ..radio.base import Radio
+from .airtime import airtime_of
+from .codecs import get_codec
+from .config import LorawanConfig, RadioConfig
+from .server import NetworkServer
+from .sessions import SessionStore
+
+log = logging.getLogger("passerelle.lorawan")
+
+Emit = Callable[[Sequence[Record], Priority], Awaitable[None]]
+
+
+def build_radio(rc: RadioConfig) -> Radio:
+    """The backend named by ``[radio] type``; hardware libraries are imported only here."""
+    if rc.type == "semtech-udp":
+        from ..radio.semtech_udp import SemtechUDPRadio
+
+        host, _, port = rc.listen.rpartition(":")  # type: ignore[union-attr]
+        return SemtechUDPRadio(host=host or "0.0.0.0", port=int(port),
+                               tx_ack_timeout=rc.tx_ack_timeout)  # type: ignore[union-attr]
+    if rc.type == "at-modem":
+        from ..radio.at_modem import AtModemRadio
+
+        return AtModemRadio.from_config(rc)  # type: ignore[attr-defined]
+    if rc.type == "sx127x":
+        from ..radio.sx127x import Sx127xRadio
+
+        return Sx127xRadio.from_config(rc)  # type: ignore[attr-defined]
+    raise ValueError(f"radio type {rc.type!r} is built by its caller (simulations)")
+
+
+class _PersistentGate:
+    """The duty-cycle gate, saved to disk after each transmission it records."""
+
+    def __init__(self, path: Path) -> None:
+        from ..policy.dutycycle import DutyCycleGate
+
+        self.path = path
+        self.gate = DutyCycleGate()
+        try:
+            self.gate.restore(json.loads(path.read_text()))
+        except FileNotFoundError:
+            pass
+        except (ValueError, KeyError, TypeError) as exc:  # unreadable: start cautious, say so
+            log.error("duty-cycle ledger %s unreadable (%s): starting empty", path, exc,
+                      extra={"cause": "lorawan.dutycycle"})
+
+    def check(self, frequency: float, airtime: float, power: float) -> Any:
+        return self.gate.check(frequency, airtime, power)
+
+    def record(self, frequency: float, airtime: float) -> None:
+        self.gate.record(frequency, airtime)
+        self.save()
+
+    async def acquire(self, frequency: float, airtime: float, power: float,
+                      deadline: float | None) -> Any:
+        decision = await self.gate.acquire(frequency, airtime, power, deadline)
+        if decision.ok:
+            self.save()
+        return decision
+
+    def utilisation(self) -> dict[str, float]:
+        return dict(self.gate.utilisation())
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.gate.snapshot(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+class LorawanService:
+    """The radio plus the network server, as one supervised component of the agent."""
+
+    def __init__(
+        self,
+        lorawan: LorawanConfig,
+        radio_cfg: RadioConfig | None,
+        data_dir: str | os.PathLike[str],
+        emit: Emit,
+        *,
+        radio: Radio | None = None,
+    ) -> None:
+        if radio is None:
+            if radio_cfg is None:
+                raise ValueError("no [radio] configured")
+            radio = build_radio(radio_cfg)
+        self.radio = radio
+        self.data_dir = Path(data_dir)
+        self.sessions = SessionStore(self.data_dir / "lorawan.db")
+        self.gate = _PersistentGate(self.data_dir / "dutycycle.json")
+        layouts = dict(lorawan.codecs)
+        self.server = NetworkServer(
+            lorawan, radio, self.sessions, emit, self.gate,
+            codec_for=lambda name: get_codec(name, layouts),
+            airtime=lambda dr, n: airtime_of(dr, n, uplink=False),
+            clock=time.time,
+        )
+
+    async def run(self) -> None:
+        await asyncio.to_thread(self.sessions.open)
+        try:
+            self.server.provision()
+            await self.radio.start()
+            try:
+                await self.server.run()
+            finally:
+                await self.radio.stop()
+        finally:
+            await asyncio.to_thread(self.sessions.close)
+
+    def health(self) -> dict[str, Any]:
+        out = self.server.health()
+        stats = getattr(self.radio, "stats", None)
+        if callable(stats):
+            radio_stats = stats()
+            out["radio"] = {k: v for k, v in radio_stats.items() if k != "gateways"}
+        return out
