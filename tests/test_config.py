@@ -195,6 +195,20 @@ def test_production_example_only_lacks_its_files(tmp_path: Path) -> None:
     assert cfg.uplink.tls and len(cfg.sources) == 2
 
 
+def test_lorawan_example_only_lacks_its_files(tmp_path: Path) -> None:
+    errors = errors_of(EXAMPLES / "lorawan-street.toml")
+    assert errors and all(reason.startswith("no such file '/etc/passerelle/")
+                          for _, reason in errors)
+    data = tomllib.loads((EXAMPLES / "lorawan-street.toml").read_text())
+    for key in ("ca_file", "cert_file", "key_file"):
+        (tmp_path / key).write_text(PEM)
+        data["uplink"][key] = key
+    cfg = parse(data, tmp_path)
+    assert cfg.radio is not None and cfg.radio.type == "semtech-udp"
+    assert [d.name for d in cfg.lorawan.devices] == ["lum-001", "water-7"]
+    assert cfg.lorawan.multicast[0].devices == ["lum-001"]
+
+
 MISTAKES = """\
 [gateway]
 id = "Lamp_42"
