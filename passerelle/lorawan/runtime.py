@@ -41,7 +41,10 @@ def build_radio(rc: RadioConfig) -> Radio:
     if rc.type == "at-modem":
         from ..radio.at_modem import AtModemRadio
 
-        return AtModemRadio.from_config(rc)  # type: ignore[attr-defined]
+        return AtModemRadio(
+            rc.port, rc.dialect, frequency=rc.frequency, datarate=rc.datarate,  # type: ignore[union-attr]
+            baudrate=rc.baud, tx_power=int(rc.power),  # type: ignore[union-attr]
+        )
     if rc.type == "sx127x":
         from ..radio.sx127x import Sx127xRadio
 
