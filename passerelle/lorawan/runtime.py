@@ -49,7 +49,40 @@ def build_radio(rc: RadioConfig) -> Radio:
         from ..radio.sx127x import Sx127xRadio
 
         return Sx127xRadio.from_config(rc)  # type: ignore[attr-defined]
-    raise ValueError(f"radio type {rc.type!r} is built by its caller (simulations)")
+    if rc.type == "sim":
+        return _SimRadio(rc.seed)  # type: ignore[union-attr]
+    raise ValueError(f"unknown radio type {rc.type!r}")
+
+
+class _SimRadio:
+    """``[radio] type = "sim"``: the gateway of a simulated medium (``hil/radio_medium``).
+
+    Built at start (the medium runs on the event loop's clock). With no simulated devices
+    placed on the medium it hears nothing: a lab gateway with the LoRaWAN service running.
+    Tests and the demo place devices with ``self.medium.add_device``.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.medium: Any = None
+        self.gateway: Any = None
+
+    async def start(self) -> None:
+        from hil.radio_medium import AsyncioClock, Medium
+
+        self.medium = Medium(AsyncioClock(), seed=self.seed)
+        self.gateway = self.medium.add_gateway("gateway", (0.0, 0.0))
+        await self.gateway.start()
+
+    async def stop(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.stop()
+
+    async def receive(self) -> Any:
+        return await self.gateway.receive()
+
+    async def transmit(self, request: Any) -> Any:
+        return await self.gateway.transmit(request)
 
 
 class _PersistentGate:
