@@ -98,12 +98,20 @@ ensure_package() {
 ensure_micropython_wasm() {
     # For the tests that run MicroPython code in node; kept out of the repo's root
     # (no package.json) in .node/.
-    [ -d "$NODE_PREFIX/node_modules/@micropython" ] && return 0
-    ensure_node
-    mkdir -p "$NODE_PREFIX"
-    say "npm install @micropython/micropython-webassembly-pyscript into .node/"
-    (cd "$REPO_ROOT" && npm install --no-save --no-audit --no-fund --prefix "$NODE_PREFIX" \
-        @micropython/micropython-webassembly-pyscript </dev/null)
+    # pyright and MicroPython's stubs: the portable drivers are type-checked against what
+    # MicroPython really has (tests/test_sx127x_micropython.py). One npm command for both,
+    # since a second --no-save install would remove the first package.
+    if [ ! -d "$NODE_PREFIX/node_modules/@micropython" ] || [ ! -x "$NODE_PREFIX/node_modules/.bin/pyright" ]; then
+        ensure_node
+        mkdir -p "$NODE_PREFIX"
+        say "npm install @micropython/micropython-webassembly-pyscript pyright into .node/"
+        (cd "$REPO_ROOT" && npm install --no-save --no-audit --no-fund --prefix "$NODE_PREFIX" \
+            @micropython/micropython-webassembly-pyscript pyright </dev/null)
+    fi
+    if [ ! -f "$NODE_PREFIX/micropython-stubs/machine.pyi" ]; then
+        say "pip install micropython-rp2-stubs into .node/micropython-stubs"
+        "$VENV/bin/pip" install --quiet --target "$NODE_PREFIX/micropython-stubs" micropython-rp2-stubs
+    fi
 }
 
 ensure_python_env() {
