@@ -55,6 +55,7 @@ EU868_DATARATES = ["SF12BW125", "SF11BW125", "SF10BW125", "SF9BW125", "SF8BW125"
                    "SF7BW125", "SF7BW250"]
 # The seven most significant bits of a DevAddr are the NwkID (LSBs of a type 0 NetID).
 NWKID_SHIFT = 25
+MAX_HANDLERS = 64  # frames handled at once (see NetworkServer.run)
 
 
 @dataclass(slots=True)
@@ -135,14 +136,32 @@ class NetworkServer:
                                         now)
 
     async def run(self) -> None:
-        """Receive forever; each frame is handled in its own task (one at a time per DevAddr)."""
-        while True:
-            rx = await self.radio.receive()
-            task = asyncio.create_task(self._handle_safely(rx))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        """Receive forever; each frame is handled in its own task (one at a time per DevAddr).
 
-    async def _handle_safely(self, rx: RxFrame) -> None:
+        At most MAX_HANDLERS frames are in hand at once (a downlink waits up to a second for
+        its TX_ACK): beyond that, frames wait in the radio's bounded queue, which counts
+        what it has to drop, instead of tasks piling up without bound under a flood.
+        """
+        slots = asyncio.Semaphore(MAX_HANDLERS)
+        try:
+            while True:
+                await slots.acquire()
+                try:
+                    rx = await self.radio.receive()
+                except BaseException:
+                    slots.release()
+                    raise
+                task = asyncio.create_task(self._handle_safely(rx, slots))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            # Stopping: frames in hand are abandoned before the sessions close under them
+            # (nothing was acknowledged for them, so their devices send them again).
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _handle_safely(self, rx: RxFrame, slots: asyncio.Semaphore) -> None:
         try:
             await self.handle(rx)
         except asyncio.CancelledError:
@@ -150,6 +169,8 @@ class NetworkServer:
         except Exception as exc:  # a bug on one frame must not stop the radio
             self._count("internal_error", f"frame handling failed: {type(exc).__name__}: {exc}")
             log.debug("frame handling failed", exc_info=exc)
+        finally:
+            slots.release()
 
     # -- uplinks -------------------------------------------------------------------------
 
