@@ -154,3 +154,41 @@ async def test_join_uplinks_replays_and_sigkill(broker, pki, tmp_path, rigs):  #
         assert state["lorawan"]["retransmissions"] >= 1
         assert "M" in state["lorawan"]["duty_cycle"]
         await rig.terminate()
+
+
+@pytest.mark.slow
+async def test_copies_heard_by_two_gateways_are_handled_once(broker, pki, tmp_path, rigs):  # noqa: F811
+    port = free_udp_port()
+    config = lorawan_config(tmp_path / "agent.toml", broker, pki, tmp_path / "data", port)
+    async with Upstream(broker, pki) as up, SimPacketForwarder(
+        "127.0.0.1", port, GW_EUI, keepalive=0.2
+    ) as near, SimPacketForwarder("127.0.0.1", port, "aa555a0000000002", keepalive=0.2) as far:
+        rig = rigs(config)
+        await rig.wait_started()
+        await near.wait_pulled(15.0)
+        await far.wait_pulled(15.0)
+        dev = EndDevice(dev_eui=DEV_EUI, app_key=APP_KEY)
+        request = dev.join_request()
+        assert await near.push(request, tmst=near.tmst())
+        assert await far.push(request, tmst=far.tmst(), rssi=-110)
+        dl = await asyncio.wait_for(asyncio.shield(_first(near, far)), 8.0)
+        dev.accept(dl.payload)
+        frame = dev.uplink(1, temperature(30.5), confirmed=True)
+        assert await near.push(frame, tmst=near.tmst())
+        assert await far.push(frame, tmst=far.tmst(), rssi=-110)
+        dev.receive((await asyncio.wait_for(_first(near, far), 8.0)).payload)
+        await asyncio.sleep(1.5)
+        assert near.downlinks.empty() and far.downlinks.empty(), "acknowledged twice"
+        await wait_until(lambda: up.records(BASE), 15.0, "measurement upstream")
+        await asyncio.sleep(0.5)
+        assert [r.value for r in up.records(BASE)] == [30.5]
+        await rig.terminate()
+
+
+async def _first(*forwarders: SimPacketForwarder) -> Any:
+    """The first downlink any of ``forwarders`` gets."""
+    while True:
+        for fwd in forwarders:
+            if not fwd.downlinks.empty():
+                return fwd.downlinks.get_nowait()
+        await asyncio.sleep(0.01)

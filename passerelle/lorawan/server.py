@@ -56,6 +56,10 @@ EU868_DATARATES = ["SF12BW125", "SF11BW125", "SF10BW125", "SF9BW125", "SF8BW125"
 # The seven most significant bits of a DevAddr are the NwkID (LSBs of a type 0 NetID).
 NWKID_SHIFT = 25
 MAX_HANDLERS = 64  # frames handled at once (see NetworkServer.run)
+# Copies of one uplink heard by several gateways arrive within tens of milliseconds; a
+# device's retransmission comes seconds later (ACK_TIMEOUT 1-3 s). Copies inside this
+# window are the same transmission: handled once, never acknowledged twice.
+COPY_WINDOW = 0.2  # s
 
 
 @dataclass(slots=True)
@@ -116,8 +120,9 @@ class NetworkServer:
                 dev.join_eui = bytes.fromhex(d.join_eui)
             self.devices[dev.eui] = dev
         self.groups: dict[str, MulticastConfig] = {g.name: g for g in cfg.multicast}
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._locks: dict[int | bytes, asyncio.Lock] = {}  # by DevAddr (data), DevEUI (joins)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._recent: dict[bytes, float] = {}  # PHYPayload -> monotonic time first heard
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -180,14 +185,30 @@ class NetworkServer:
         except phy.PhyError as exc:
             self._count("bad_frame", f"bad frame from {rx.gateway or 'radio'}: {exc}")
             return
+        if self._is_copy(rx.payload):
+            self.stats.counts["copies"] += 1  # the same transmission via another gateway
+            return
         if isinstance(frame, phy.JoinRequest):
-            await self._join(rx, frame)
+            # One join at a time per device: two in flight would both pass the DevNonce
+            # check before either is saved.
+            async with self._locks.setdefault(frame.dev_eui, asyncio.Lock()):
+                await self._join(rx, frame)
         elif isinstance(frame, phy.DataFrame) and frame.uplink:
             lock = self._locks.setdefault(frame.dev_addr, asyncio.Lock())
             async with lock:
                 await self._uplink(rx, frame)
         else:
             self._count("unexpected_mtype", f"ignored {frame.mtype.name} frame")
+
+    def _is_copy(self, payload: bytes) -> bool:
+        now = time.monotonic()
+        if len(self._recent) > 4096:  # bounded: forget what is out of the window
+            self._recent = {p: t for p, t in self._recent.items() if now - t < COPY_WINDOW}
+        first = self._recent.get(payload)
+        if first is not None and now - first < COPY_WINDOW:
+            return True
+        self._recent[payload] = now
+        return False
 
     async def _join(self, rx: RxFrame, req: phy.JoinRequest) -> None:
         eui = req.dev_eui.hex()
