@@ -81,9 +81,10 @@ class Agent:
         if cfg.radio is not None:
             from .lorawan.runtime import LorawanService
 
-            # Its emit raises when the store refuses: an unstored uplink is never acknowledged.
+            # Its emit is durable even with store.hold, and raises when the store refuses:
+            # a confirmed uplink is acknowledged only once its records are on disk.
             self.lorawan = LorawanService(cfg.lorawan, cfg.radio, cfg.gateway.data_dir,
-                                          self._emitter("lorawan", raise_errors=True))
+                                          self._emitter("lorawan", durable=True))
         self.uplink = Uplink(uplink_settings(cfg), self.store, health=self.health)
         self._stop = asyncio.Event()
         self._alarms: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
@@ -215,13 +216,17 @@ class Agent:
                 backoff = min(backoff * 2, 60.0)
 
     def _emitter(
-        self, name: str, raise_errors: bool = False
+        self, name: str, durable: bool = False
     ) -> Callable[[Sequence[Record], Priority], Awaitable[None]]:
-        """What a producer calls with its records: a durable put, counted either way."""
+        """What a producer calls with its records: a put, counted either way.
+
+        ``durable``: on disk before it returns even with ``store.hold``, and a refusal is
+        raised to the producer (which must not promise delivery) instead of swallowed.
+        """
 
         async def emit(records: Sequence[Record], priority: Priority) -> None:
             try:
-                await self.store.put_many(records, priority)
+                await self.store.put_many(records, priority, durable=durable)
             except StoreError as exc:
                 cause = "store_full" if isinstance(exc, StoreFull) else "store_error"
                 self.dropped[cause] += len(records)
@@ -229,7 +234,7 @@ class Agent:
                     "%s: %d records dropped: %s", name, len(records), exc,
                     extra={"cause": f"drop.{cause}"},
                 )
-                if raise_errors:
+                if durable:
                     raise
                 return
             self.produced[name] += len(records)

@@ -323,3 +323,12 @@ async def test_failed_commit_of_held_records_is_counted(tmp_path: Path) -> None:
         await store.put_many(recs(3))  # and the store keeps going
         await asyncio.sleep(0.3)
         assert store.stats().depth == 3
+
+
+async def test_durable_put_ignores_hold(tmp_path: Path) -> None:
+    """A LoRaWAN ACK promises delivery: its put is on disk when it returns, hold or not."""
+    async with DurableStore(tmp_path / "s.db", hold=60.0) as store:
+        await store.put_many(recs(2))  # held
+        assert store.stats().depth == 0
+        await store.put_many(recs(3, 10), durable=True)
+        assert store.stats().depth == 5  # the held ones went in the same commit

@@ -260,11 +260,17 @@ class DurableStore:
         await self.put_many((record,), priority)
 
     async def put_many(
-        self, records: Sequence[Record], priority: Priority = Priority.TELEMETRY
+        self,
+        records: Sequence[Record],
+        priority: Priority = Priority.TELEMETRY,
+        *,
+        durable: bool = False,
     ) -> None:
         """Return once ``records`` are durable; raise StoreError if they could not be.
 
-        With ``hold`` > 0, records below ALARM priority are only queued for a later commit.
+        With ``hold`` > 0, records below ALARM priority are only queued for a later commit,
+        unless ``durable``: a caller about to promise delivery (a LoRaWAN ACK) needs the
+        contract whatever ``hold`` says.
         """
         if self._closing or self._writer is None:
             raise StoreClosed("store is closed")
@@ -277,7 +283,7 @@ class DurableStore:
         group.by_prio.setdefault(int(priority), []).extend(records)
         group.count += len(records)
         self._wake.set()
-        if self.hold > 0 and priority < Priority.ALARM:
+        if self.hold > 0 and priority < Priority.ALARM and not durable:
             return
         if group.done is None:
             group.done = loop.create_future()
