@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import shutil
@@ -43,21 +42,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hil.bench import Row, _fmt, agent_store, agent_store_kwargs, machine_info, print_table
+from hil.bench import (
+    Row,
+    _fmt,
+    agent_store,
+    agent_store_kwargs,
+    machine_info,
+    print_json_report,
+    print_table,
+)
 from hil.lorawan_device import EndDevice
 from passerelle.lorawan import phy
 from passerelle.lorawan.airtime import airtime_of, tx_airtime
 from passerelle.lorawan.codecs import encode_cayenne, get_codec
 from passerelle.lorawan.config import DeviceConfig, LorawanConfig, MulticastConfig
+from passerelle.lorawan.region import DEFAULT_CHANNELS, RX2_FREQUENCY
 from passerelle.lorawan.runtime import _PersistentGate
 from passerelle.lorawan.server import NetworkServer
 from passerelle.lorawan.sessions import SessionStore
 from passerelle.policy.dutycycle import DutyCycleGate
 from passerelle.radio.base import RxFrame, TxRequest, TxResult
 
-UPLINK_CHANNELS = (868.1, 868.3, 868.5)  # EU868 default channels (band M, 1 %)
+UPLINK_CHANNELS = DEFAULT_CHANNELS  # EU868 default channels (band M, 1 %)
 UPLINK_DATARATE = "SF7BW125"
-RX2_FREQUENCY = 869.525  # band P, 10 %
 DIM_FPORT = 10
 DIM_COMMAND = bytes([0x01, 0x32, 0x00])  # 3 bytes: set level 50 %, no fade (illustrative)
 STREET = 100  # luminaires in the multicast row
@@ -647,15 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, plain=args.plain or not sys.stdout.isatty())
     print(f"{len(rows)} rows, all informative (no targets set); run took {elapsed:.0f} s")
     if args.json:
-        doc = {
-            "command": cmd,
-            "machine": info,
-            "sizes": sizes.__dict__,
-            "elapsed_s": elapsed,
-            "results": res,
-            "rows": [r.__dict__ for r in rows],
-        }
-        print(json.dumps(doc, indent=2, default=str))
+        print_json_report(cmd, info, sizes, elapsed, res, rows)
     return 0
 
 

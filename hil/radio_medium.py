@@ -59,6 +59,14 @@ from typing import Any, Protocol
 from hil.lorawan_device import DeviceError, Downlink, EndDevice
 from passerelle.lorawan import phy
 from passerelle.lorawan.airtime import airtime_of, tx_airtime
+from passerelle.lorawan.region import DATARATES as EU868_DATARATES
+from passerelle.lorawan.region import DEFAULT_CHANNELS as EU868_CHANNELS
+from passerelle.lorawan.region import (
+    DEMOD_FLOOR_DB,
+    JOIN_ACCEPT_DELAY1,
+    RECEIVE_DELAY2_EXTRA,
+)
+from passerelle.lorawan.region import RX2_FREQUENCY as EU868_RX2_FREQUENCY
 from passerelle.radio.base import (
     TMST_MODULO,
     RadioError,
@@ -85,21 +93,11 @@ __all__ = [
 
 log = logging.getLogger("passerelle.hil.radio_medium")
 
-# SX1276 datasheet, table 13: the lowest SNR each spreading factor demodulates.
-DEMOD_FLOOR_DB: dict[int, float] = {
-    5: -5.0, 6: -5.0, 7: -7.5, 8: -10.0, 9: -12.5, 10: -15.0, 11: -17.5, 12: -20.0,
-}
 THERMAL_NOISE_DBM_HZ = -174.0  # kT at 290 K
 DEFAULT_NOISE_FIGURE_DB = 6.0
 CAPTURE_THRESHOLD_DB = 6.0
 
-# EU868 (RP002-1.0.x): data rates DR0..DR6, the three default channels, RX2.
-EU868_DATARATES = ("SF12BW125", "SF11BW125", "SF10BW125", "SF9BW125", "SF8BW125",
-                   "SF7BW125", "SF7BW250")
-EU868_CHANNELS = (868.1, 868.3, 868.5)
-EU868_RX2_FREQUENCY = 869.525
-RECEIVE_DELAY2_EXTRA = 1.0  # RX2 opens 1 s after RX1
-JOIN_ACCEPT_DELAY1 = 5.0
+
 ACK_TIMEOUT = 2.0  # LoRaWAN 1.0.x: 2 s +- 1 s after RX2 before a retransmission
 ACK_TIMEOUT_JITTER = 1.0
 

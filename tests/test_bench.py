@@ -6,31 +6,15 @@ have to be real (non-zero) and every metric's row has to be printed.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from .benchrun import run_bench
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_bench_quick_prints_every_metric(mosquitto_bin: str, tmp_path: Path) -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["MOSQUITTO"] = mosquitto_bin
-    proc = subprocess.run(
-        [sys.executable, "-m", "hil.bench", "--quick", "--json", "--dir", str(tmp_path)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    table, brace, doc_text = proc.stdout.partition("\n{")
-    assert brace, f"no JSON after the table:\n{proc.stdout[-3000:]}"
-    doc = json.loads("{" + doc_text)
+    table, doc = run_bench("hil.bench", tmp_path, MOSQUITTO=mosquitto_bin)
 
     # The header says what was measured where.
     assert "Command:  python -m hil.bench --quick --json" in table

@@ -7,16 +7,14 @@ time-on-air formula worked by hand.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from passerelle.lorawan.runtime import LEDGER_SAVE_INTERVAL
+
+from .benchrun import run_bench
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,21 +30,7 @@ HAND_AIRTIME_S = {"SF9BW125": 0.164864, "SF12BW125": 1.155072}
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    workdir = tmp_path_factory.mktemp("bench-lorawan")
-    proc = subprocess.run(
-        [sys.executable, "-m", "hil.bench_lorawan", "--quick", "--json", "--dir", str(workdir)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    table, brace, doc_text = proc.stdout.partition("\n{")
-    assert brace, f"no JSON after the table:\n{proc.stdout[-3000:]}"
-    return table, json.loads("{" + doc_text)
+    return run_bench("hil.bench_lorawan", tmp_path_factory.mktemp("bench-lorawan"))
 
 
 def test_header_and_rows(bench: tuple[str, dict[str, Any]]) -> None:

@@ -524,3 +524,10 @@ def test_lorawan_codec_layouts_are_validated_at_their_paths() -> None:
     data["lorawan"]["devices"][0]["codec"] = "water"
     cfg = parse(data, Path("/"))
     assert [f.name for f in cfg.lorawan.codecs["water"].fields] == ["index", "battery"]
+
+
+@pytest.mark.parametrize("listen", ["1700", "0.0.0.0:", "0.0.0.0:99999", "host:0", "a b:1700"])
+def test_packet_forwarder_listen_address_is_checked(listen: str) -> None:
+    data = lab()
+    data["radio"] = {"type": "semtech-udp", "listen": listen}
+    assert [p for p, _ in errors_of(data)] == ["radio.listen"]

@@ -72,3 +72,14 @@ def test_file_is_private_and_keys_stay_out_of_repr(tmp_path: Path) -> None:
     assert mode & 0o077 == 0
     assert NWK.hex() not in repr(sess) and APP.hex() not in repr(sess)
     s.close()
+
+
+def test_a_rejoin_moves_the_session_to_its_new_address(tmp_path: Path) -> None:
+    s = reopen(tmp_path / "lorawan.db")
+    s.save_join("70b3d57ed0000001", 0x11, NWK, APP, 1, 1, 1.8e9)
+    s.save_join("70b3d57ed0000001", 0x22, NWK, APP, 2, 2, 1.8e9)
+    assert s.by_addr(0x11) == []
+    assert [x.dev_eui for x in s.by_addr(0x22)] == ["70b3d57ed0000001"]
+    s.forget("70b3d57ed0000001")
+    assert s.by_addr(0x22) == [] and len(s) == 0
+    s.close()

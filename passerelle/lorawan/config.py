@@ -30,6 +30,13 @@ DataRate = Annotated[
     Meta(pattern=r"^SF([7-9]|1[0-2])BW(125|250|500)$", extra={"hint": "like SF9BW125"}),
 ]
 Mhz = Annotated[float, Meta(ge=863.0, le=870.0)]
+Listen = Annotated[
+    str,
+    Meta(
+        pattern=r"^[^\s:]*:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$",
+        extra={"hint": "host:port with a port in 1..65535, like 0.0.0.0:1700"},
+    ),
+]
 SECRET_KEYS = ("app_key", "nwk_s_key", "app_s_key")
 
 
@@ -48,7 +55,7 @@ class _RadioBase(_Section, tag_field="type", frozen=True, kw_only=True):
 
 
 class SemtechUdpRadioConfig(_RadioBase, tag="semtech-udp", frozen=True):
-    listen: str = "0.0.0.0:1700"  # host:port the packet forwarder sends to
+    listen: Listen = "0.0.0.0:1700"  # host:port the packet forwarder sends to
     tx_ack_timeout: Annotated[float, Meta(gt=0, le=10)] = 1.0
 
 

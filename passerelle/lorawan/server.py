@@ -39,6 +39,7 @@ from ..model import Priority, Record
 from ..radio.base import TMST_MODULO, Radio, RxFrame, TxRequest, TxResult, parse_datarate
 from . import crypto, mac, phy
 from .config import DeviceConfig, LorawanConfig, MulticastConfig
+from .region import DATARATES, DEMOD_FLOOR_DB, JOIN_ACCEPT_DELAY1, JOIN_ACCEPT_DELAY2
 from .sessions import Session, SessionStore
 
 log = logging.getLogger("passerelle.lorawan")
@@ -47,12 +48,6 @@ Emit = Callable[[Sequence[Record], Priority], Awaitable[None]]
 # payload, fport, device name, time -> records; raises ValueError on a payload it cannot read
 Codec = Callable[[bytes, int, str, float], list[Record]]
 
-JOIN_ACCEPT_DELAY1 = 5.0  # s, LoRaWAN 1.0.4 / RP002 EU868
-JOIN_ACCEPT_DELAY2 = 6.0
-# Demodulation floor per spreading factor (SX1276 datasheet): LinkCheckAns margins.
-DEMOD_FLOOR_DB = {7: -7.5, 8: -10.0, 9: -12.5, 10: -15.0, 11: -17.5, 12: -20.0}
-EU868_DATARATES = ["SF12BW125", "SF11BW125", "SF10BW125", "SF9BW125", "SF8BW125",
-                   "SF7BW125", "SF7BW250"]
 # The seven most significant bits of a DevAddr are the NwkID (LSBs of a type 0 NetID).
 NWKID_SHIFT = 25
 MAX_HANDLERS = 64  # frames handled at once (see NetworkServer.run)
@@ -233,7 +228,7 @@ class NetworkServer:
                                 req.dev_nonce, join_nonce, self.clock())
         accept = phy.encode_join_accept(
             dev.app_key, join_nonce, self.net_id, dev_addr, rx1_dr_offset=0,
-            rx2_dr=EU868_DATARATES.index(self.cfg.rx2_datarate), rx_delay=self.cfg.rx1_delay,
+            rx2_dr=DATARATES.index(self.cfg.rx2_datarate), rx_delay=self.cfg.rx1_delay,
         )
         self.stats.counts["joins"] += 1
         log.info("%s joined as %08x", dev.cfg.name, dev_addr, extra={"cause": "lorawan.join"})

@@ -69,6 +69,8 @@ class SessionStore:
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self._cache: dict[str, Session] = {}
+        # DevAddr -> DevEUIs: every uplink looks its session up by address (no scan).
+        self._by_addr: dict[int, set[str]] = {}
         self._lock = threading.Lock()
 
     def open(self) -> None:
@@ -81,7 +83,10 @@ class SessionStore:
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
         self._db = db
-        self._cache = {row[0]: Session(*row) for row in db.execute("SELECT * FROM session")}
+        self._cache = {}
+        self._by_addr = {}
+        for row in db.execute("SELECT * FROM session"):
+            self._remember(Session(*row))
 
     def close(self) -> None:
         if self._db is not None:
@@ -96,7 +101,7 @@ class SessionStore:
 
     def by_addr(self, dev_addr: int) -> list[Session]:
         """Sessions using ``dev_addr`` (normally one; MIC checks pick the right one)."""
-        return [s for s in self._cache.values() if s.dev_addr == dev_addr]
+        return [self._cache[eui] for eui in self._by_addr.get(dev_addr, ())]
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -145,7 +150,7 @@ class SessionStore:
         with self._lock:
             db = self._require_db()
             db.execute("DELETE FROM session WHERE dev_eui = ?", (dev_eui.lower(),))
-            self._cache.pop(dev_eui.lower(), None)
+            self._forget_cached(dev_eui.lower())
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -168,5 +173,19 @@ class SessionStore:
                 (s.dev_eui, s.dev_addr, s.nwk_s_key, s.app_s_key, s.fcnt_up, s.fcnt_down,
                  s.dev_nonce, s.join_nonce, s.joined),
             )
-            self._cache[s.dev_eui] = s
+            self._remember(s)
         return s
+
+    def _remember(self, s: Session) -> None:
+        self._forget_cached(s.dev_eui)
+        self._cache[s.dev_eui] = s
+        self._by_addr.setdefault(s.dev_addr, set()).add(s.dev_eui)
+
+    def _forget_cached(self, dev_eui: str) -> None:
+        old = self._cache.pop(dev_eui, None)
+        if old is not None:
+            users = self._by_addr.get(old.dev_addr)
+            if users is not None:
+                users.discard(dev_eui)
+                if not users:
+                    del self._by_addr[old.dev_addr]
