@@ -34,7 +34,15 @@ from msgspec import Meta
 
 from .lorawan import config as lorawan_config
 from .lorawan.config import LorawanConfig, RadioConfig
-from .model import Priority, check_name
+from .model import check_name
+from .schema import (
+    FilePath,
+    GatewayId,
+    PositiveFloat,
+    PositiveInt,
+    Section,
+    SourceBase,
+)
 
 __all__ = [
     "DEFAULT_PATH",
@@ -56,34 +64,13 @@ __all__ = [
 
 DEFAULT_PATH = "/etc/passerelle/passerelle.toml"
 
-# Constrained scalar types. The `hint` in a pattern's Meta replaces msgspec's "matching regex"
-# message, which would show the operator a regular expression instead of a rule.
-PositiveFloat = Annotated[float, Meta(gt=0)]
-PositiveInt = Annotated[int, Meta(gt=0)]
-FilePath = Annotated[str, Meta(min_length=1)]
-GatewayId = Annotated[
-    str,
-    Meta(
-        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
-        extra={"hint": "lowercase letters, digits and '-' only (1-63, first a letter or digit)"},
-    ),
-]
-PriorityName = Literal["diagnostic", "telemetry", "energy", "alarm"]
 
-
-class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Base of every table: unknown keys are errors, and a loaded config is immutable.
-
-    Subclasses repeat ``frozen=True``: msgspec inherits it, but type checkers do not.
-    """
-
-
-class GatewayConfig(_Section, frozen=True):
+class GatewayConfig(Section, frozen=True):
     id: GatewayId
     data_dir: FilePath = "/var/lib/passerelle"
 
 
-class UplinkConfig(_Section, frozen=True):
+class UplinkConfig(Section, frozen=True):
     url: str
     ca_file: FilePath | None = None
     cert_file: FilePath | None = None
@@ -116,46 +103,25 @@ class UplinkConfig(_Section, frozen=True):
         return _split_url(self.url)[0] == "mqtts"
 
 
-class StoreConfig(_Section, frozen=True):
+class StoreConfig(Section, frozen=True):
     max_bytes: Annotated[int, Meta(ge=1048576)] = 268435456
     ttl: PositiveFloat = 2592000.0
     max_delay: Annotated[float, Meta(ge=0, le=0.1)] = 0.05
     hold: Annotated[float, Meta(ge=0, le=3600)] = 0.0
 
 
-class LogConfig(_Section, frozen=True):
+class LogConfig(Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
     burst: PositiveInt = 5
     per: PositiveFloat = 60.0
 
 
-class _SourceBase(_Section, tag_field="type", frozen=True):
-    # `name` and `device` are checked against the SenML name rules in the semantic pass with
-    # model.check_name, so the rule lives in one place.
-    name: str
-    interval: PositiveFloat
-    priority: PriorityName = "telemetry"
-    device: str | None = None
-
-    @property
-    def type(self) -> str:
-        # The tag is not a Struct field in msgspec; expose it so sources.build_source can
-        # dispatch on cfg.type.
-        tag = self.__struct_config__.tag
-        assert isinstance(tag, str)
-        return tag
-
-    @property
-    def priority_level(self) -> Priority:
-        return Priority[self.priority.upper()]
-
-
-class CounterSourceConfig(_SourceBase, tag="sim.counter", frozen=True):
+class CounterSourceConfig(SourceBase, tag="sim.counter", frozen=True):
     start: int = 0
 
 
-class EnvSourceConfig(_SourceBase, tag="sim.env", frozen=True):
+class EnvSourceConfig(SourceBase, tag="sim.env", frozen=True):
     seed: int = 0
     values: Annotated[int, Meta(ge=1, le=64)] = 3
 
@@ -163,7 +129,7 @@ class EnvSourceConfig(_SourceBase, tag="sim.env", frozen=True):
 SourceConfig = CounterSourceConfig | EnvSourceConfig
 
 
-class Config(_Section, frozen=True):
+class Config(Section, frozen=True):
     gateway: GatewayConfig
     uplink: UplinkConfig
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
