@@ -50,6 +50,10 @@ class EndDevice:
     received: list[Downlink] = field(default_factory=list)
     rx_delay: int = 1
     rx2_dr: int = 0
+    adr: bool = False  # set the ADR bit: the network may move our data rate and power
+    datarate: int | None = None  # DR index commanded by LinkADRReq (None: the device's own)
+    tx_power: int = 0  # TXPower index commanded by LinkADRReq (0 = max EIRP)
+    pending_commands: list[mac.MacCommand] = field(default_factory=list)  # answers to send
 
     @property
     def joined(self) -> bool:
@@ -98,13 +102,15 @@ class EndDevice:
         if repeat:
             self.fcnt_up -= 1
         mtype = phy.MType.ConfirmedDataUp if confirmed else phy.MType.UnconfirmedDataUp
+        commands = [*(commands or []), *self.pending_commands]
         fopts = mac.encode_commands(commands) if commands else b""
         frame = phy.encode_data(
             mtype, self.dev_addr, self.fcnt_up, self.nwk_s_key, self.app_s_key,
-            fport=fport, payload=payload, fopts=fopts, ack=self.pending_ack,
+            fport=fport, payload=payload, fopts=fopts, ack=self.pending_ack, adr=self.adr,
         )
         self.fcnt_up += 1
         self.pending_ack = False
+        self.pending_commands = []
         return frame
 
     # -- downlink ----------------------------------------------------------------------------
@@ -132,7 +138,24 @@ class EndDevice:
         confirmed = frame.mtype is phy.MType.ConfirmedDataDown
         if confirmed:
             self.pending_ack = True
+        for cmd in commands:
+            if isinstance(cmd, mac.LinkADRReq):
+                self._obey_adr(cmd)
         down = Downlink(frame.fport, plain if frame.fport else b"", frame.ack, commands, fcnt,
                         confirmed)
         self.received.append(down)
         return down
+
+    def _obey_adr(self, req: mac.LinkADRReq) -> None:
+        """Apply a LinkADRReq as an EU868 device does: all or nothing, answered next uplink."""
+        dr_ok = req.data_rate == 15 or req.data_rate <= 6  # 15: keep the current rate
+        power_ok = req.tx_power == 15 or req.tx_power <= 7
+        # Block 0 must keep at least one of the three default channels enabled.
+        mask_ok = req.ch_mask_cntl != 0 or bool(req.ch_mask & 0x0007)
+        if dr_ok and power_ok and mask_ok:
+            if req.data_rate != 15:
+                self.datarate = req.data_rate
+            if req.tx_power != 15:
+                self.tx_power = req.tx_power
+        self.pending_commands.append(mac.LinkADRAns(channel_mask_ack=mask_ok,
+                                                    data_rate_ack=dr_ok, power_ack=power_ok))

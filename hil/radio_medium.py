@@ -628,6 +628,7 @@ class SimDevice(_Node):
             raise ValueError(f"device {self.name}: nb_trans must be >= 1, got {nb_trans}")
         self.device = device
         self.power_dbm = float(power_dbm)
+        self.max_power_dbm = self.power_dbm  # EU868 TXPower index n is max - 2n dB
         self.datarate = datarate
         self.channels = tuple(channels)
         self.rx1_dr_offset = rx1_dr_offset
@@ -799,6 +800,9 @@ class SimDevice(_Node):
             self.rejected += 1
             log.debug("device %s refused a downlink: %s", self.name, exc)
             return False
+        if self.device.datarate is not None:  # a LinkADRReq obeyed: next uplinks use it
+            self.datarate = EU868_DATARATES[self.device.datarate]
+            self.power_dbm = self.max_power_dbm - 2.0 * self.device.tx_power
         if down.ack and ex is not None and ex.kind == "data" and ex.confirmed:
             if ex.fcnt is not None and ex.fcnt not in self.acked:
                 self.acked.append(ex.fcnt)

@@ -22,6 +22,20 @@ without storing it twice.
 Every transmission goes through the duty-cycle gate first; class A windows are fixed in
 time (RX1, then RX2), so a refused window falls back to the next, and a frame that fits in
 neither is dropped and counted, never sent.
+
+Downlinks for class A devices wait in a per-device queue (:meth:`NetworkServer.enqueue`)
+until the device's next uplink opens its receive windows; FPending tells the device more
+is waiting. A confirmed one stays at the head until an uplink carries the ACK bit, and is
+given up (counted) after ``CONFIRMED_ATTEMPTS`` answers without it. The queue is in
+memory: a restart loses what was queued, which the caller learns from ``queued()``.
+
+When several gateways hear one transmission, the answer goes through the copy with the
+best SNR (then RSSI) heard by the time it is sent, on that gateway's own clock.
+
+ADR (when the device sets the ADR bit): the best SNR of its last ``ADR_HISTORY`` uplinks,
+less the data rate's demodulation floor and an installation margin, buys one step per
+3 dB: first a faster data rate (less airtime, for the device and for the band), then less
+transmit power. The LinkADRReq rides in the FOpts of the next class A answer.
 """
 
 from __future__ import annotations
@@ -30,7 +44,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +70,19 @@ MAX_HANDLERS = 64  # frames handled at once (see NetworkServer.run)
 # window are the same transmission: handled once, never acknowledged twice.
 COPY_WINDOW = 0.2  # s
 
+TX_COLLISION_RETRIES = 2  # an immediate frame refused because the transmitter was busy
+
+QUEUE_LIMIT = 16  # class A downlinks waiting per device
+CONFIRMED_ATTEMPTS = 3  # answers carrying a confirmed downlink before it is given up
+FOPTS_MAX = 15  # bytes of MAC commands a frame header can carry
+# RP002-1.0.x EU868, maximum FRMPayload size N per data rate (no repeater): DR0-DR6.
+MAX_FRM_PAYLOAD = (51, 51, 51, 115, 222, 222, 222)
+
+ADR_HISTORY = 20  # uplinks whose best SNR decides (Semtech's recommended algorithm)
+ADR_MARGIN_DB = 10.0  # installation margin kept above the demodulation floor
+ADR_MAX_DR = 5  # SF7BW125: the fastest 125 kHz rate every EU868 device supports
+ADR_MAX_TXPOWER = 7  # EU868 TXPower index 7 = max EIRP - 14 dB
+
 
 @dataclass(slots=True)
 class Device:
@@ -76,6 +103,23 @@ class Window:
     delay: float  # seconds after the end of the uplink
     frequency: float
     datarate: str
+
+
+@dataclass(slots=True)
+class QueuedDownlink:
+    fport: int
+    payload: bytes
+    confirmed: bool
+    expires: float  # wall clock
+    attempts: int = 0  # answers that carried it (a confirmed one waits for the ACK bit)
+
+
+@dataclass(slots=True)
+class AdrState:
+    snr: deque[float] = field(default_factory=lambda: deque(maxlen=ADR_HISTORY))
+    tx_power: int = 0  # the index the device is believed to use (0 = max EIRP)
+    asked: tuple[int, int] | None = None  # (DR, TXPower) of a LinkADRReq not yet answered
+    since_ask: int = 0  # uplinks since; the request (or its answer) is lost after a history
 
 
 @dataclass(slots=True)
@@ -118,6 +162,11 @@ class NetworkServer:
         self._locks: dict[int | bytes, asyncio.Lock] = {}  # by DevAddr (data), DevEUI (joins)
         self._tasks: set[asyncio.Task[None]] = set()
         self._recent: dict[bytes, float] = {}  # PHYPayload -> monotonic time first heard
+        self._copies: dict[bytes, list[RxFrame]] = {}  # PHYPayload -> every copy heard
+        self._queues: dict[str, deque[QueuedDownlink]] = {}  # DevEUI -> class A downlinks
+        self._adr: dict[str, AdrState] = {}  # DevEUI -> ADR history (in memory)
+        self._tx_lock = asyncio.Lock()  # immediate (class C) frames, one at a time
+        self._tx_free_at = 0.0  # monotonic time the last immediate frame leaves the air
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -180,7 +229,7 @@ class NetworkServer:
         except phy.PhyError as exc:
             self._count("bad_frame", f"bad frame from {rx.gateway or 'radio'}: {exc}")
             return
-        if self._is_copy(rx.payload):
+        if self._is_copy(rx):
             self.stats.counts["copies"] += 1  # the same transmission via another gateway
             return
         if isinstance(frame, phy.JoinRequest):
@@ -195,15 +244,23 @@ class NetworkServer:
         else:
             self._count("unexpected_mtype", f"ignored {frame.mtype.name} frame")
 
-    def _is_copy(self, payload: bytes) -> bool:
+    def _is_copy(self, rx: RxFrame) -> bool:
         now = time.monotonic()
         if len(self._recent) > 4096:  # bounded: forget what is out of the window
             self._recent = {p: t for p, t in self._recent.items() if now - t < COPY_WINDOW}
-        first = self._recent.get(payload)
+            self._copies = {p: c for p, c in self._copies.items() if p in self._recent}
+        first = self._recent.get(rx.payload)
         if first is not None and now - first < COPY_WINDOW:
+            self._copies.setdefault(rx.payload, []).append(rx)
             return True
-        self._recent[payload] = now
+        self._recent[rx.payload] = now
+        self._copies[rx.payload] = [rx]
         return False
+
+    def _best_copy(self, rx: RxFrame) -> RxFrame:
+        """The copy of ``rx`` with the best link, to answer through its gateway."""
+        copies = self._copies.get(rx.payload) or [rx]
+        return max(copies, key=lambda c: (c.snr, c.rssi))
 
     async def _join(self, rx: RxFrame, req: phy.JoinRequest) -> None:
         eui = req.dev_eui.hex()
@@ -232,7 +289,8 @@ class NetworkServer:
         )
         self.stats.counts["joins"] += 1
         log.info("%s joined as %08x", dev.cfg.name, dev_addr, extra={"cause": "lorawan.join"})
-        await self._class_a(rx, accept, JOIN_ACCEPT_DELAY1, JOIN_ACCEPT_DELAY2, dev.cfg.name)
+        await self._class_a(self._best_copy(rx), accept, JOIN_ACCEPT_DELAY1,
+                            JOIN_ACCEPT_DELAY2, dev.cfg.name)
 
     def _allocate_addr(self, eui: str) -> int:
         """A DevAddr stable for a DevEUI, inside our NwkID, unused by another session."""
@@ -277,8 +335,11 @@ class NetworkServer:
         if frame.fport and plain:
             try:
                 records = dev.codec(plain, frame.fport, name, t)
-            except ValueError as exc:  # counted; the frame's counter still advances
+            except ValueError as exc:
+                # Counted, and the bytes are kept (SenML vd) rather than lost: a codec
+                # fixed later, or the operator's platform, can still read them.
                 self._count("codec_error", f"{name} fport {frame.fport}: {exc}", key=name)
+                records = [Record(name, f"payload/{frame.fport}", plain, t)]
         if records:
             try:
                 await self.emit(records, dev.priority)
@@ -288,8 +349,14 @@ class NetworkServer:
         await asyncio.to_thread(self.sessions.accept_uplink, session.dev_eui, fcnt)
         self.stats.counts["uplinks"] += 1
         self.stats.last_uplink[name] = t
-        answers = self._mac_answers(commands, rx)
-        if confirmed or answers:
+        self._settle_queue(session.dev_eui, name, frame.ack)
+        answers = self._mac_answers(commands, rx, dev)
+        if frame.adr:
+            adr_req = self._adr_request(dev, rx)
+            if adr_req is not None:
+                answers.append(adr_req)
+        queue = self._queues.get(session.dev_eui)
+        if confirmed or answers or queue or frame.adr_ack_req:
             await self._answer(rx, session, dev, ack=confirmed, commands=answers)
 
     def _match_session(
@@ -320,13 +387,19 @@ class NetworkServer:
             self._count("mic_failed", f"{where}: MIC mismatch", key=where)
         return None
 
-    def _mac_answers(self, commands: list[mac.MacCommand], rx: RxFrame) -> list[mac.MacCommand]:
+    def _mac_answers(
+        self, commands: list[mac.MacCommand], rx: RxFrame, dev: Device
+    ) -> list[mac.MacCommand]:
         answers: list[mac.MacCommand] = []
         for cmd in commands:
             if isinstance(cmd, mac.LinkCheckReq):
-                sf, _ = parse_datarate(rx.datarate)
-                margin = max(0, min(254, round(rx.snr - DEMOD_FLOOR_DB.get(sf, -20.0))))
-                answers.append(mac.LinkCheckAns(margin=margin, gw_cnt=1))
+                best = self._best_copy(rx)
+                sf, _ = parse_datarate(best.datarate)
+                margin = max(0, min(254, round(best.snr - DEMOD_FLOOR_DB.get(sf, -20.0))))
+                gateways = len({c.gateway for c in self._copies.get(rx.payload) or [rx]})
+                answers.append(mac.LinkCheckAns(margin=margin, gw_cnt=min(gateways, 255)))
+            elif isinstance(cmd, mac.LinkADRAns):
+                self._adr_answered(dev, cmd)
             elif isinstance(cmd, mac.DeviceTimeReq):
                 t = rx.time if rx.time is not None else self.clock()
                 answers.append(mac.DeviceTimeAns(mac.gps_seconds_from_unix(t)))
@@ -342,15 +415,143 @@ class NetworkServer:
         ack: bool,
         commands: list[mac.MacCommand],
     ) -> None:
+        rx = self._best_copy(rx)
         fopts = mac.encode_commands(commands) if commands else b""
+        if len(fopts) > FOPTS_MAX:  # keep what fits; the rest is asked again next time
+            fopts = mac.encode_commands(_fit(commands, FOPTS_MAX))
+        queue = self._queues.get(session.dev_eui)
+        item = queue[0] if queue else None
+        rx1_dr, rx2_dr = DATARATES.index(rx.datarate), DATARATES.index(self.cfg.rx2_datarate)
+        if item is not None and len(item.payload) > MAX_FRM_PAYLOAD[min(rx1_dr, rx2_dr)]:
+            # It fits the fallback window (checked when queued) but not this uplink's RX1:
+            # wait for an uplink at a faster data rate rather than risk RX1 alone.
+            self._count("downlink_waits_for_dr",
+                        f"{dev.cfg.name}: queued downlink too large for {rx.datarate}",
+                        key=dev.cfg.name)
+            item = None
         fcnt_down = await asyncio.to_thread(self.sessions.take_fcnt_down, session.dev_eui)
+        if item is None:
+            mtype = phy.MType.UnconfirmedDataDown
+            fport, payload, pending = None, b"", bool(queue)
+        else:
+            mtype = phy.MType.ConfirmedDataDown if item.confirmed else phy.MType.UnconfirmedDataDown
+            fport, payload, pending = item.fport, item.payload, len(queue or ()) > 1
         down = phy.encode_data(
-            phy.MType.UnconfirmedDataDown, session.dev_addr, fcnt_down, session.nwk_s_key,
-            session.app_s_key, fopts=fopts, ack=ack,
+            mtype, session.dev_addr, fcnt_down, session.nwk_s_key, session.app_s_key,
+            fport=fport, payload=payload, fopts=fopts, ack=ack, fpending=pending,
         )
         delay = float(self.cfg.rx1_delay)
-        if await self._class_a(rx, down, delay, delay + 1.0, dev.cfg.name) and ack:
+        sent = await self._class_a(rx, down, delay, delay + 1.0, dev.cfg.name)
+        if sent and ack:
             self.stats.counts["acks"] += 1
+        if sent and item is not None and queue:
+            item.attempts += 1
+            if not item.confirmed:  # delivered as far as LoRaWAN can tell
+                queue.popleft()
+                self.stats.counts["downlinks_delivered"] += 1
+
+    # -- class A queue -------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        device: str,
+        fport: int,
+        payload: bytes,
+        *,
+        confirmed: bool = False,
+        ttl: float = 86400.0,
+    ) -> int:
+        """Queue a downlink for the device's next receive windows; returns the queue length.
+
+        Raises ValueError (with the reason) for an unknown device, an FPort outside 1..223,
+        a payload larger than the RX2 data rate carries, or a full queue.
+        """
+        dev = self._device_named(device)
+        if dev is None:
+            raise ValueError(f"no device named {device!r}")
+        if not 1 <= fport <= 223:
+            raise ValueError(f"{device}: FPort {fport} outside 1..223")
+        limit = MAX_FRM_PAYLOAD[DATARATES.index(self.cfg.rx2_datarate)]
+        if len(payload) > limit:
+            raise ValueError(f"{device}: {len(payload)} bytes, RX2 at "
+                             f"{self.cfg.rx2_datarate} carries at most {limit}")
+        queue = self._queues.setdefault(dev.eui, deque())
+        if len(queue) >= QUEUE_LIMIT:
+            raise ValueError(f"{device}: {QUEUE_LIMIT} downlinks already queued")
+        queue.append(QueuedDownlink(fport, bytes(payload), confirmed, self.clock() + ttl))
+        return len(queue)
+
+    def queued(self, device: str) -> int:
+        dev = self._device_named(device)
+        return len(self._queues.get(dev.eui, ())) if dev is not None else 0
+
+    def _settle_queue(self, eui: str, name: str, acked: bool) -> None:
+        """On an uplink: an ACK retires a confirmed head; expired entries go."""
+        queue = self._queues.get(eui)
+        if not queue:
+            return
+        head = queue[0]
+        if head.confirmed and head.attempts:
+            if acked:
+                queue.popleft()
+                self.stats.counts["downlinks_acked"] += 1
+            elif head.attempts >= CONFIRMED_ATTEMPTS:
+                queue.popleft()
+                self._count("downlink_not_acked",
+                            f"{name}: confirmed downlink on fport {head.fport} never "
+                            f"acknowledged after {head.attempts} attempts", key=name)
+        now = self.clock()
+        while queue and queue[0].expires <= now:
+            queue.popleft()
+            self._count("downlink_expired", f"{name}: queued downlink expired", key=name)
+
+    def _device_named(self, name: str) -> Device | None:
+        return next((d for d in self.devices.values() if d.cfg.name == name), None)
+
+    # -- ADR -----------------------------------------------------------------------------
+
+    def _adr_request(self, dev: Device, rx: RxFrame) -> mac.LinkADRReq | None:
+        state = self._adr.setdefault(dev.eui, AdrState())
+        best = self._best_copy(rx)
+        state.snr.append(best.snr)
+        if state.asked is not None:
+            state.since_ask += 1
+            if state.since_ask < ADR_HISTORY:
+                return None
+            state.asked = None  # never answered: the request or its answer was lost
+        if len(state.snr) < ADR_HISTORY:
+            return None
+        sf, _ = parse_datarate(best.datarate)
+        dr = DATARATES.index(best.datarate)
+        steps = int((max(state.snr) - DEMOD_FLOOR_DB.get(sf, -20.0) - ADR_MARGIN_DB) // 3)
+        new_dr, power = dr, state.tx_power
+        while steps > 0 and new_dr < ADR_MAX_DR:
+            new_dr, steps = new_dr + 1, steps - 1
+        while steps > 0 and power < ADR_MAX_TXPOWER:
+            power, steps = power + 1, steps - 1
+        while steps < 0 and power > 0:  # too little margin: more power first
+            power, steps = power - 1, steps + 1
+        if (new_dr, power) == (dr, state.tx_power):
+            return None
+        state.asked, state.since_ask = (new_dr, power), 0
+        self.stats.counts["adr_requests"] += 1
+        # Channel mask: the three default channels (block 0); NbTrans 1.
+        return mac.LinkADRReq(data_rate=new_dr, tx_power=power, ch_mask=0x0007,
+                              ch_mask_cntl=0, nb_trans=1)
+
+    def _adr_answered(self, dev: Device, ans: mac.LinkADRAns) -> None:
+        state = self._adr.setdefault(dev.eui, AdrState())
+        if state.asked is None:
+            return
+        if ans.accepted:
+            state.tx_power = state.asked[1]
+            state.snr.clear()  # measured at the old rate: start over at the new one
+            self.stats.counts["adr_accepted"] += 1
+        else:
+            self._count("adr_refused", f"{dev.cfg.name}: LinkADRReq refused ({ans})",
+                        key=dev.cfg.name)
+            state.snr.clear()  # ask again only after a fresh history
+        state.asked = None
 
     # -- downlinks -----------------------------------------------------------------------
 
@@ -394,7 +595,7 @@ class NetworkServer:
     ) -> TxResult:
         """A class C downlink now (RX2 parameters), or when the duty cycle allows before
         ``deadline`` (the gate's clock); refused with a reason otherwise, never sent late."""
-        dev = next((d for d in self.devices.values() if d.cfg.name == device), None)
+        dev = self._device_named(device)
         if dev is None:
             return TxResult(False, f"no device named {device!r}")
         if dev.cfg.class_ != "C":
@@ -439,10 +640,22 @@ class NetworkServer:
         if not decision.ok:
             self._count("duty_cycle_refused", f"{who}: {decision.reason}", key=who)
             return TxResult(False, f"DUTY_CYCLE: {decision.reason}")
-        result = await self.radio.transmit(TxRequest(
-            payload=frame, frequency=frequency, datarate=datarate,
-            power=self.cfg.downlink_power, tmst=None,
-        ))
+        request = TxRequest(payload=frame, frequency=frequency, datarate=datarate,
+                            power=self.cfg.downlink_power, tmst=None)
+        # One transmit chain: a concentrator refuses an immediate frame while the previous
+        # one is still on air (COLLISION_PACKET). Immediate frames go one at a time, and
+        # one that collides (with the last immediate frame, or a class A answer scheduled
+        # on the concentrator) waits for the air to clear and tries again.
+        async with self._tx_lock:
+            for attempt in range(TX_COLLISION_RETRIES + 1):
+                result = await self.radio.transmit(request)
+                if result.ok:
+                    self._tx_free_at = time.monotonic() + airtime
+                    break
+                if result.error != "COLLISION_PACKET" or attempt == TX_COLLISION_RETRIES:
+                    break
+                self.stats.counts["tx_collision_retried"] += 1
+                await asyncio.sleep(max(self._tx_free_at - time.monotonic(), airtime / 4))
         if result.ok:
             self.stats.counts["downlinks"] += 1
         else:
@@ -454,6 +667,7 @@ class NetworkServer:
 
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sessions": len(self.sessions), **dict(self.stats.counts)}
+        out["queued"] = sum(len(q) for q in self._queues.values())
         if hasattr(self.gate, "utilisation"):
             out["duty_cycle"] = {b: round(u, 4) for b, u in self.gate.utilisation().items()}
         return out
@@ -462,6 +676,17 @@ class NetworkServer:
         """Count a rejected frame; log it, rate-limited per cause and device."""
         self.stats.counts[cause] += 1
         log.warning(text, extra={"cause": f"lorawan.{cause}.{key}" if key else f"lorawan.{cause}"})
+
+
+def _fit(commands: list[mac.MacCommand], limit: int) -> list[mac.MacCommand]:
+    out: list[mac.MacCommand] = []
+    size = 0
+    for cmd in commands:
+        n = len(cmd.to_bytes())
+        if size + n <= limit:
+            out.append(cmd)
+            size += n
+    return out
 
 
 def _group_key(name: str) -> str:
