@@ -122,7 +122,9 @@ class SHT3x:
         code = e.args[0] if e.args else None
         if code in (19, 6, 121):  # ENODEV, ENXIO, EREMOTEIO: no acknowledge
             return self._error("absent", f"no answer {doing} (wiring, address, power?)")
-        return self._error("bus", f"I2C error {doing}: {e}")
+        # str(OSError) differs between CPython and MicroPython: spell it out the same way.
+        detail = f"errno {code}" + (f" ({e.args[1]})" if len(e.args) > 1 else "")
+        return self._error("bus", f"I2C error {doing}: {detail}")
 
     def command(self, cmd: int) -> None:
         try:

@@ -194,7 +194,9 @@ class VEML7700:
         code = e.args[0] if e.args else None
         if code in (19, 6, 121):  # ENODEV, ENXIO, EREMOTEIO: no acknowledge
             return self._error("absent", f"no answer {doing} (wiring, power?)")
-        return self._error("bus", f"I2C error {doing}: {e}")
+        # str(OSError) differs between CPython and MicroPython: spell it out the same way.
+        detail = f"errno {code}" + (f" ({e.args[1]})" if len(e.args) > 1 else "")
+        return self._error("bus", f"I2C error {doing}: {detail}")
 
     def read_register(self, register: int) -> int:
         try:

@@ -131,6 +131,26 @@ def test_engine_windows_equal_the_raw_computation(
     assert saved["bytes_avoided"] == chunked_size(records) - chunked_size(out)
 
 
+def test_byte_estimate_by_whole_chunks() -> None:
+    # 200 samples 100 s apart, each alone in its 60 s window: 1000 window records, so both
+    # sides of the estimate cross several chunk boundaries.
+    e = engine(
+        StreamRule(
+            match="*/power",
+            aggregate=AggregateConfig(window=60, functions=["min", "max", "mean", "count", "last"]),
+        )
+    )
+    records = [Record("m", "power", (i % 13) * 1.37, T0 + 100 * i, "W") for i in range(200)]
+    out = e.process(records, Priority.ENERGY)
+    for group in e.tick(math.inf).values():
+        out += group
+    assert len(out) == 1000
+    assert e.savings()["aggregate"] == {
+        "suppressed": 200 - 1000,
+        "bytes_avoided": chunked_size(records) - chunked_size(out),
+    }
+
+
 def test_tick_waits_for_late_grace_and_groups_by_priority() -> None:
     e = engine(
         StreamRule(match="a/*", aggregate=AggregateConfig(window=60, functions=["count"])),

@@ -287,7 +287,7 @@ class Sobriety:
         ledger.suppressed += 1
         ledger.removed.append(rec)
         if len(ledger.removed) >= ESTIMATE_CHUNK:
-            self._estimate(ledger)
+            ledger.bytes_avoided += self._chunks_bytes(ledger.removed)
 
     def _replace(self, cause: str, records: list[Record], out: list[Record]) -> None:
         if not records:
@@ -297,7 +297,15 @@ class Sobriety:
         ledger.suppressed -= len(records)
         ledger.replaced.extend(records)
         if len(ledger.replaced) >= ESTIMATE_CHUNK:
-            self._estimate(ledger)
+            ledger.bytes_avoided -= self._chunks_bytes(ledger.replaced)
+
+    def _chunks_bytes(self, buffer: list[Record], everything: bool = False) -> int:
+        """Size the buffer's whole chunks (and the rest if ``everything``), removing them."""
+        total = 0
+        while len(buffer) >= ESTIMATE_CHUNK or (everything and buffer):
+            total += self._pack_bytes(buffer[:ESTIMATE_CHUNK])
+            del buffer[:ESTIMATE_CHUNK]
+        return total
 
     def _pack_bytes(self, records: list[Record]) -> int:
         if not records:
@@ -312,14 +320,12 @@ class Sobriety:
             return sum(self._pack_bytes([r]) for r in records)
 
     def _estimate(self, ledger: _Ledger) -> None:
-        removed, replaced = ledger.removed, ledger.replaced
-        ledger.removed, ledger.replaced = [], []
-        ledger.bytes_avoided += self._pack_bytes(removed) - self._pack_bytes(replaced)
+        ledger.bytes_avoided += self._chunks_bytes(ledger.removed, everything=True)
+        ledger.bytes_avoided -= self._chunks_bytes(ledger.replaced, everything=True)
 
     def _flush(self) -> None:
         for ledger in self._ledgers.values():
-            if ledger.removed or ledger.replaced:
-                self._estimate(ledger)
+            self._estimate(ledger)
 
     def savings(self) -> dict[str, dict[str, int]]:
         """``{cause: {"suppressed": n, "bytes_avoided": b}}`` (estimates flushed first)."""
