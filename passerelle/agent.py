@@ -9,7 +9,9 @@ crashes it is logged and restarted with exponential backoff, and the others go o
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 import time
 from collections import Counter
@@ -20,6 +22,7 @@ from typing import Any
 from . import __version__
 from .config import Config
 from .model import Priority, Record
+from .policy.sobriety import Sobriety
 from .sources import Source, build_source
 from .store import DurableStore, StoreError, StoreFull
 from .systemd import SystemdNotifier, run_watchdog
@@ -28,6 +31,8 @@ from .uplink import Uplink, UplinkSettings
 log = logging.getLogger("passerelle.agent")
 
 HOUSEKEEPING_INTERVAL = 60.0
+POLICY_TICK = 5.0  # s between closings of aggregation windows
+SAVINGS_INTERVAL = 300.0  # s between sobriety savings records
 SHUTDOWN_DRAIN = 3.0  # seconds SIGTERM waits for open batches to reach the broker
 
 
@@ -73,7 +78,10 @@ class Agent:
             batch_records=cfg.uplink.batch_records,
             batch_age=cfg.uplink.batch_age,
         )
-        self.sources: list[Source] = [build_source(s) for s in cfg.sources]
+        self.sobriety = Sobriety(cfg.policy, gateway_id=cfg.gateway.id)
+        self._budget_path = Path(cfg.gateway.data_dir) / "budget.json"
+        self._restore_budget()
+        self.sources: list[Source] = [self._build_source(s) for s in cfg.sources]
         self.produced: Counter[str] = Counter()  # records stored, per source
         self.dropped: Counter[str] = Counter()  # records lost before the store, per cause
         self.restarts: Counter[str] = Counter()
@@ -85,7 +93,12 @@ class Agent:
             # a confirmed uplink is acknowledged only once its records are on disk.
             self.lorawan = LorawanService(cfg.lorawan, cfg.radio, cfg.gateway.data_dir,
                                           self._emitter("lorawan", durable=True))
-        self.uplink = Uplink(uplink_settings(cfg), self.store, health=self.health)
+        has_ttl = any(r.ttl is not None for r in cfg.policy.rules())
+        self.uplink = Uplink(
+            uplink_settings(cfg), self.store, health=self.health,
+            budget=self.sobriety.budget, record_filter=self._stream_ttl if has_ttl else None,
+        )
+        self._ttl_cache: dict[tuple[str, str], float | None] = {}
         self._stop = asyncio.Event()
         self._alarms: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,12 +123,14 @@ class Agent:
             },
             "evicted": st.evicted,
             "dropped": dict(self.dropped),
-            "sent": {"records": up.records_sent, "packs": up.packs_sent, "bytes": up.bytes_sent},
+            "sent": {"records": up.records_sent, "packs": up.packs_sent, "bytes": up.bytes_sent,
+                     "expired": up.expired, "budget_held": up.budget_held},
             "produced": dict(self.produced),
             "restarts": dict(self.restarts),
             "logs_suppressed": sum(suppressed_counts().values()),
             "last_error": up.last_error or st.last_error,
             **({"lorawan": self.lorawan.health()} if self.lorawan is not None else {}),
+            **({"policy": self.sobriety.stats()} if self.cfg.policy.rules() else {}),
         }
 
     # -- lifetime -------------------------------------------------------------------------
@@ -153,6 +168,8 @@ class Agent:
                 tg.create_task(self._supervise("alarms", self._alarm_loop)),
                 tg.create_task(self._supervise("housekeeping", self._housekeeping)),
             ]
+            if self.cfg.policy.rules():
+                others.append(tg.create_task(self._supervise("policy", self._policy_loop)))
             if self.notifier.watchdog_interval():
                 others.append(tg.create_task(run_watchdog(self.notifier, self.store.healthy)))
             self.notifier.ready()
@@ -169,6 +186,8 @@ class Agent:
             for t in source_tasks:
                 t.cancel()
             await asyncio.gather(*source_tasks, return_exceptions=True)
+            await self._store_savings()
+            self._save_budget()
             await self.store.sync()
             await self._send_open_batches()
             await self.uplink.stop()
@@ -225,6 +244,11 @@ class Agent:
         """
 
         async def emit(records: Sequence[Record], priority: Priority) -> None:
+            # Sobriety first: what a policy suppresses or folds into a window is never
+            # stored (and is counted as saved); alarms pass untouched.
+            records = self.sobriety.process(records, priority)
+            if not records:
+                return
             try:
                 await self.store.put_many(records, priority, durable=durable)
             except StoreError as exc:
@@ -270,7 +294,86 @@ class Agent:
     async def _housekeeping(self) -> None:
         while True:
             await self.store.expire()
+            self._save_budget()
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+
+    # -- data sobriety --------------------------------------------------------------------
+
+    def _build_source(self, cfg: Any) -> Source:
+        interval_at = None
+        if getattr(cfg, "night_interval", None) is not None:
+            interval_at = self.sobriety.schedule(cfg.interval, cfg.night_interval).interval_at
+        return build_source(cfg, interval_at=interval_at)
+
+    async def _policy_loop(self) -> None:
+        """Close aggregation windows as they end; store the savings now and then."""
+        last_savings = time.monotonic()
+        while True:
+            await asyncio.sleep(POLICY_TICK)
+            for priority, records in self.sobriety.tick().items():
+                await self._put_quietly("policy", records, priority)
+            if time.monotonic() - last_savings >= SAVINGS_INTERVAL:
+                last_savings = time.monotonic()
+                await self._store_savings()
+
+    async def _store_savings(self) -> None:
+        if self.cfg.policy.rules():
+            await self._put_quietly("policy", self.sobriety.savings_records(),
+                                    Priority.DIAGNOSTIC)
+
+    async def _put_quietly(self, name: str, records: list[Record], priority: Priority) -> None:
+        if not records:
+            return
+        try:
+            await self.store.put_many(records, priority)
+        except StoreError as exc:
+            self.dropped["store_error"] += len(records)
+            log.error("%s: %d records dropped: %s", name, len(records), exc,
+                      extra={"cause": "drop.store_error"})
+            return
+        self.produced[name] += len(records)
+
+    def _stream_ttl(self, records: list[Record], now: float) -> list[Record]:
+        """Records still within their stream's retention TTL (others are not sent)."""
+        cache = self._ttl_cache
+        kept = []
+        for r in records:
+            key = (r.device, r.name)
+            if key not in cache:
+                if len(cache) > 65536:
+                    cache.clear()
+                cache[key] = self.sobriety.ttl_for(r.device, r.name)
+            ttl = cache[key]
+            if ttl is None or now - r.time <= ttl:
+                kept.append(r)
+        return kept
+
+    def _restore_budget(self) -> None:
+        budget = self.sobriety.budget
+        if budget is None:
+            return
+        try:
+            budget.restore(json.loads(self._budget_path.read_text()), time.time())
+        except FileNotFoundError:
+            pass
+        except (ValueError, TypeError, OSError) as exc:  # unreadable: today starts afresh
+            log.error("budget ledger %s unreadable (%s): counting today from zero",
+                      self._budget_path, exc, extra={"cause": "policy.budget"})
+
+    def _save_budget(self) -> None:
+        """Today's upstream spend, so a restart does not grant a fresh budget."""
+        budget = self.sobriety.budget
+        if budget is None:
+            return
+        tmp = self._budget_path.with_suffix(".tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(budget.snapshot(), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._budget_path)
+        except OSError as exc:
+            log.error("budget ledger not saved: %s", exc, extra={"cause": "policy.budget"})
 
 
 async def run_agent(cfg: Config) -> None:

@@ -35,6 +35,8 @@ from msgspec import Meta
 from .lorawan import config as lorawan_config
 from .lorawan.config import LorawanConfig, RadioConfig
 from .model import check_name
+from .policy import config as policy_config
+from .policy.config import PolicyConfig
 from .schema import (
     FilePath,
     GatewayId,
@@ -137,6 +139,7 @@ class Config(Section, frozen=True):
     sources: list[SourceConfig] = msgspec.field(default_factory=list)
     radio: RadioConfig | None = None
     lorawan: LorawanConfig = msgspec.field(default_factory=LorawanConfig)
+    policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
 
 
 Errors = list[tuple[str, str]]  # (dotted path, reason)
@@ -392,6 +395,10 @@ def _check_semantics(c: dict[str, Any], base_dir: Path, errors: Errors) -> None:
     lw = c.get("lorawan")
     if isinstance(lw, dict):
         lorawan_config.check(lw, errors)
+
+    pol = c.get("policy")
+    if isinstance(pol, dict):
+        policy_config.check(pol, "policy", errors)
 
     seen: dict[str, int] = {}
     for i, src in enumerate(c.get("sources") or ()):

@@ -41,6 +41,9 @@ class SourceBase(Section, tag_field="type", frozen=True):
     # model.check_name, so the rule lives in one place.
     name: str
     interval: PositiveFloat
+    # Poll interval inside [policy].night (None: `interval` day and night). Sources that
+    # poll on a schedule (buses) honour it; simulators poll at `interval`.
+    night_interval: PositiveFloat | None = None
     priority: PriorityName = "telemetry"
     device: str | None = None
 

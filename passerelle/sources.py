@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from .model import Priority, Record
 
 Emit = Callable[[Sequence[Record], Priority], Awaitable[None]]
+IntervalAt = Callable[[float], float]  # wall time -> seconds until the next poll
 
 
 class Source(Protocol):
@@ -33,13 +34,20 @@ SOURCE_TYPES: dict[str, str] = {
     "sim.counter": "hil.sources:CounterSource.from_config",
     "sim.env": "hil.sources:EnvironmentSensor.from_config",
 }
+# Types whose factory takes ``interval_at`` (a night interval in [policy].night).
+SCHEDULED_TYPES: set[str] = set()
 
 
-def build_source(cfg: Any) -> Source:
+def build_source(cfg: Any, interval_at: IntervalAt | None = None) -> Source:
+    """The source ``cfg`` describes; ``interval_at`` (a day/night schedule) goes to the
+    sources that poll on one (their factory takes it), the others poll at ``interval``."""
     target = SOURCE_TYPES[cfg.type]
     module_name, _, attr_path = target.partition(":")
     obj: Any = importlib.import_module(module_name)
     for attr in attr_path.split("."):
         obj = getattr(obj, attr)
-    source: Source = obj(cfg)
+    if interval_at is not None and cfg.type in SCHEDULED_TYPES:
+        source: Source = obj(cfg, interval_at=interval_at)
+    else:
+        source = obj(cfg)
     return source

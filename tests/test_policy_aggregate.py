@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +18,7 @@ T0 = 1_711_843_200.0  # 2024-03-31 00:00 UTC
 
 
 def expected(
-    samples: list[tuple[float, float | int]], window: int
+    samples: Sequence[tuple[float, float | int]], window: int
 ) -> dict[float, dict[str, float | int]]:
     groups: dict[float, list[float | int]] = defaultdict(list)
     for t, v in samples:
@@ -39,7 +40,7 @@ def expected(
 
 
 def collect(
-    agg: WindowAggregator, samples: list[tuple[float, float | int]], unit: str
+    agg: WindowAggregator, samples: Sequence[tuple[float, float | int]], unit: str
 ) -> list[Record]:
     out: list[Record] = []
     for t, v in samples:
@@ -57,7 +58,7 @@ def check(records: list[Record], want: dict[float, dict[str, float | int]], unit
         base, _, fn = r.name.rpartition("/")
         assert base == "power"
         assert r.unit == (None if fn == "count" else unit)
-        got[r.time][fn] = r.value
+        got[r.time][fn] = r.value  # type: ignore[assignment]
     assert set(got) == set(want)
     for start, fns in got.items():
         assert set(fns) == set(FUNCTIONS)

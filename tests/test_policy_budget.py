@@ -18,8 +18,8 @@ PARIS = ZoneInfo("Europe/Paris")
 START = datetime(2024, 3, 29, 12, tzinfo=UTC).timestamp()  # two days before spring forward
 
 
-def utc(*args: int) -> float:
-    return datetime(*args, tzinfo=UTC).timestamp()  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, sec: int = 0) -> float:
+    return datetime(year, month, day, hour, minute, sec, tzinfo=UTC).timestamp()
 
 
 ops = st.lists(

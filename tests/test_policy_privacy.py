@@ -104,7 +104,7 @@ def policy() -> PolicyConfig:
     )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(
     st.lists(
         st.lists(

@@ -15,8 +15,8 @@ from passerelle.policy.schedule import ClockNight, SamplingSchedule, parse_windo
 PARIS = ZoneInfo("Europe/Paris")
 
 
-def utc(*args: int) -> float:
-    return datetime(*args, tzinfo=UTC).timestamp()  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, sec: int = 0) -> float:
+    return datetime(year, month, day, hour, minute, sec, tzinfo=UTC).timestamp()
 
 
 def test_parse_window() -> None:

@@ -261,3 +261,14 @@ def test_default_policy_on_a_typical_hour() -> None:
     assert len(out) < len(records) / 20
     saved = e.savings()
     assert sum(s["suppressed"] for s in saved.values()) == len(records) - len(out)
+
+
+def test_records_the_engine_cannot_handle_are_counted_not_lost() -> None:
+    e = engine(StreamRule(match="pir/*", privacy="count"), StreamRule(match="*", deadband=1.0))
+    odd = Record("meter", ["not", "hashable"], 1.0, T0)  # type: ignore[arg-type]
+    private = Record("pir", ["presence"], "a4:c1:38:11:22:33", T0)  # type: ignore[arg-type]
+    not_a_record = ("meter", "power")
+    fine = Record("meter", "power", 1.0, T0)
+    out = e.process([odd, private, not_a_record, fine], Priority.TELEMETRY)  # type: ignore[list-item]
+    assert out == [odd, not_a_record, fine]  # the privacy stream's record is dropped
+    assert e.errors == 3 and e.stats()["errors"] == 3

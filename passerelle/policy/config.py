@@ -67,7 +67,15 @@ class PolicyConfig(Section, frozen=True):
     night: str = "22:00-06:00"
     timezone: str = "Europe/Paris"
     budget_bytes_per_day: Annotated[int, Meta(ge=1024)] | None = None
+    # true: the rules of default_policy() apply after `streams` (first match wins, so a
+    # stream's own rule overrides them). Off by default: a gateway sends what its config
+    # says until its operator opts in.
+    defaults: bool = False
     streams: list[StreamRule] = msgspec.field(default_factory=list)
+
+    def rules(self) -> list[StreamRule]:
+        """The rules in force, in match order."""
+        return [*self.streams, *(default_policy().streams if self.defaults else ())]
 
 
 def _get(obj: Any, key: str) -> Any:

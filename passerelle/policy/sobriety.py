@@ -10,8 +10,9 @@ so the common case is one dict lookup and one comparison per record.
 Order of the rules inside a stream (see the policy modules for each):
 
 1. ``Priority.ALARM`` batches pass untouched, always: no policy delays or drops an alarm.
-2. Records whose time is not a finite number pass untouched and are counted as
-   ``unsupported`` (the store rejects them with its own error).
+2. Records whose time is not a finite number are counted as ``unsupported`` and pass
+   untouched (the store rejects them with its own error), except in privacy streams,
+   where they are dropped: they fit no window and must not leave raw.
 3. ``privacy = "count"``: the record becomes one event in its window's count
    (:mod:`.privacy`); the raw value is never returned.
 4. ``privacy = "strict"``: a value that looks like an identifier is refused and counted.
@@ -19,6 +20,10 @@ Order of the rules inside a stream (see the policy modules for each):
    values (text states, booleans, NaN) pass through raw. A sample older than its stream's
    current window passes through raw and is counted as ``late``.
 6. ``deadband`` / ``deadband_rel`` / ``heartbeat``: send-on-delta (:mod:`.deadband`).
+
+A record the engine fails on (not a Record, an unhashable name: a source bug) is counted
+in ``errors``, logged once per exception type, and passed through untouched, or dropped if
+a privacy rule matches it: a policy bug must neither lose a measurement nor leak one.
 
 Windows close when a later sample of the same stream arrives (its records come back from
 that :meth:`~Sobriety.process` call) or in :meth:`~Sobriety.tick`, which the agent calls
@@ -37,15 +42,16 @@ them as records of device ``gateway``:
 ==================================  ====  =================================================
 name                                unit  value
 ==================================  ====  =================================================
-``sobriety/suppressed/<cause>``           raw records not stored; for ``aggregate``: raw
-                                          samples minus the window records that replaced
-                                          them (negative if a rule costs more than it saves)
+``sobriety/suppressed/<cause>``           raw records not stored, minus the window
+                                          records that replaced them (``aggregate``, and
+                                          counts of ``privacy = "count"``): negative if a
+                                          rule costs more records than it saves
 ``sobriety/bytes_avoided/<cause>``  B     SenML-CBOR bytes of the suppressed records minus
                                           those of their replacements (estimate, see below)
 ``sobriety/privacy/identifiers``          values that looked like identifiers (refused in
                                           ``strict`` streams, only counted in ``count`` ones)
 ``sobriety/budget/spent``           B     today's upstream bytes (if a budget is set)
-``sobriety/budget/refused``               packs refused by the daily budget, all priorities
+``sobriety/budget/refused``               requests the daily budget refused, all priorities
 ``sobriety/budget/refused_bytes``   B     their bytes
 ==================================  ====  =================================================
 
@@ -59,6 +65,7 @@ so no raw value of a privacy stream is held after the call returns.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -74,6 +81,8 @@ from .config import PolicyConfig, StreamRule, count_window, problems
 from .deadband import Deadband, is_number
 from .privacy import identifier_kind
 from .schedule import SamplingSchedule
+
+log = logging.getLogger("passerelle.policy.sobriety")
 
 CAUSES = ("deadband", "aggregate", "privacy")
 GATEWAY_DEVICE = "gateway"
@@ -142,7 +151,7 @@ class Sobriety:
         self.cfg = cfg
         self._clock = clock
         self.late_grace = float(late_grace)
-        self._rules = [(re.compile(translate(r.match)).match, r) for r in cfg.streams]
+        self._rules = [(re.compile(translate(r.match)).match, r) for r in cfg.rules()]
         self._streams: dict[tuple[str, str], _Stream | None] = {}
         self._windowed: list[_Stream] = []
         self._base_name = lambda device: device_base_name(gateway_id, device)
@@ -154,6 +163,8 @@ class Sobriety:
         self.records_out = 0
         self.late = 0
         self.unsupported = 0
+        self.errors = 0
+        self._logged: set[str] = set()
         self.identifiers: dict[str, int] = {}
 
     # ------------------------------------------------------------------ rules
@@ -200,47 +211,65 @@ class Sobriety:
         privacy_seen = False
         streams = self._streams
         for rec in records:
-            key = (rec.device, rec.name)
-            st = streams.get(key, _UNSEEN)
-            if st is _UNSEEN:
-                st = self._stream(key)
-            if st is None:
-                out.append(rec)
-                continue
-            assert isinstance(st, _Stream)
-            st.priority = priority
-            t = rec.time
-            if not (is_number(t) and math.isfinite(t)):
-                self.unsupported += 1
-                if st.privacy is None:
+            try:
+                key = (rec.device, rec.name)
+                st = streams.get(key, _UNSEEN)
+                if st is _UNSEEN:
+                    st = self._stream(key)
+                if st is None:
                     out.append(rec)
-                else:  # cannot be placed in a window, and must not leave raw
-                    privacy_seen = True
-                    self._suppress("privacy", rec)
-                continue
-            if st.privacy is not None:
-                privacy_seen = True
-                if self._privacy(st, rec, out):
                     continue
-            value = rec.value
-            agg = st.aggregator
-            if agg is not None and is_number(value) and math.isfinite(value):  # type: ignore[arg-type]
-                closed = agg.add(value, t, rec.unit)  # type: ignore[arg-type]
-                if closed is None:
-                    self.late += 1
-                    out.append(rec)
+                assert isinstance(st, _Stream)
+                st.priority = priority
+                t = rec.time
+                if not (is_number(t) and math.isfinite(t)):
+                    self.unsupported += 1
+                    if st.privacy is None:
+                        out.append(rec)
+                    else:  # cannot be placed in a window, and must not leave raw
+                        privacy_seen = True
+                        self._suppress("privacy", rec)
+                    continue
+                if st.privacy is not None:
+                    privacy_seen = True
+                    if self._privacy(st, rec, out):
+                        continue
+                value = rec.value
+                agg = st.aggregator
+                if agg is not None and is_number(value) and math.isfinite(value):  # type: ignore[arg-type]
+                    closed = agg.add(value, t, rec.unit)  # type: ignore[arg-type]
+                    if closed is None:
+                        self.late += 1
+                        out.append(rec)
+                    else:
+                        self._suppress("aggregate", rec)
+                        self._replace("aggregate", closed, out)
+                elif st.deadband is not None and not st.deadband.offer(value, t):
+                    self._suppress("deadband", rec)
                 else:
-                    self._suppress("aggregate", rec)
-                    self._replace("aggregate", closed, out)
-            elif st.deadband is not None and not st.deadband.offer(value, t):
-                self._suppress("deadband", rec)
-            else:
-                out.append(rec)
+                    out.append(rec)
+            except Exception as exc:  # a policy bug must not lose what a source measured
+                self._failed(rec, exc, out)
         if privacy_seen:
             self._estimate(self._ledgers["privacy"])
         self.records_in += len(records)
         self.records_out += len(out)
         return out
+
+    def _failed(self, rec: Any, exc: Exception, out: list[Record]) -> None:
+        """A record the engine could not handle: counted, logged once per cause, and
+        passed through untouched, unless it belongs to a privacy stream (then dropped)."""
+        self.errors += 1
+        cause = type(exc).__name__
+        if cause not in self._logged:
+            self._logged.add(cause)
+            log.error("sobriety: cannot handle %r: %s: %s", rec, cause, exc)
+        try:
+            rule = self.rule_for(rec.device, rec.name)
+        except Exception:  # not even a Record: the store will say what is wrong with it
+            rule = None
+        if rule is None or rule.privacy is None:
+            out.append(rec)
 
     def _privacy(self, st: _Stream, rec: Record, out: list[Record]) -> bool:
         """Apply the stream's privacy rule; True when the record was consumed."""
@@ -365,6 +394,7 @@ class Sobriety:
             "records_out": self.records_out,
             "late": self.late,
             "unsupported": self.unsupported,
+            "errors": self.errors,
             "identifiers": dict(self.identifiers),
             "savings": self.savings(),
             "budget": None if self.budget is None else self.budget.stats(),

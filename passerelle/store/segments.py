@@ -337,11 +337,14 @@ class DurableStore:
 
     # -- drain side -----------------------------------------------------------------------
 
-    async def lease(self, max_batches: int = 4) -> list[Batch]:
-        """The next batches to send, highest priority then oldest, not already leased."""
+    async def lease(
+        self, max_batches: int = 4, min_priority: Priority = Priority.DIAGNOSTIC
+    ) -> list[Batch]:
+        """The next batches to send, highest priority then oldest, not already leased;
+        none below ``min_priority`` (what a spent daily budget holds back)."""
         self._committed.clear()  # before reading: a commit after this wakes wait_for_data
         found: list[tuple[Batch, tuple[int, int]]]
-        found = await self._run(self._read, max_batches)  # type: ignore[assignment]
+        found = await self._run(self._read, max_batches, min_priority)  # type: ignore[assignment]
         for batch, span in found:
             self._leased[batch.seq] = span
         return [batch for batch, _ in found]
@@ -744,11 +747,15 @@ class DurableStore:
             extra={"cause": "store.evict.ttl"},
         )
 
-    def _read(self, max_batches: int) -> list[tuple[Batch, tuple[int, int]]]:
+    def _read(
+        self, max_batches: int, min_priority: Priority = Priority.DIAGNOSTIC
+    ) -> list[tuple[Batch, tuple[int, int]]]:
         db = self._require_db()
         now = self._clock()
         out: list[tuple[Batch, tuple[int, int]]] = []
         for prio in sorted(Priority, reverse=True):
+            if prio < min_priority:
+                break
             lo, hi = _key_range(prio)
             cursor = lo
             while len(out) < max_batches:

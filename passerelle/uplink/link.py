@@ -18,6 +18,12 @@ the pack (``idk``) and, with MQTT 5, as the user property ``idempotency-key``.
 After an outage the backlog drains highest priority first (alarms, then energy, then
 telemetry) at no more than ``max_rate`` records per second: a fleet coming back at once
 must not flatten the broker. Reconnects back off exponentially with full jitter.
+
+Data sobriety at the last step (both optional, from ``[policy]``): records older than
+their stream's retention TTL are dropped from a pack before it is encoded (counted in
+``expired``), and each pack must fit the daily upstream byte budget. A pack the budget
+refuses stays in the store and its priority (and those below) waits for the next local
+midnight, while higher priorities go on; alarms always pass.
 """
 
 from __future__ import annotations
@@ -31,13 +37,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .. import senml
+from ..model import Priority, Record
 from ..store import Batch, DurableStore
 from .client import AckedClient
 
@@ -82,6 +89,20 @@ class UplinkStats:
     connected_since: float | None = None
     refused: int = 0
     history: list[str] = field(default_factory=list)
+    expired: int = 0  # records dropped at send time: older than their stream's TTL
+    budget_held: int = 0  # packs the daily byte budget sent back to the store
+
+
+class Budget(Protocol):
+    """The daily upstream byte budget (:class:`passerelle.policy.budget.DailyBudget`)."""
+
+    def try_spend(self, nbytes: int, priority: Priority, now: float) -> bool: ...
+
+    def resets_at(self, now: float) -> float: ...
+
+
+# records, now -> the records still worth sending (a stream's retention TTL)
+RecordFilter = Callable[[list[Record], float], list[Record]]
 
 
 class _SessionEnd(Exception):
@@ -132,6 +153,8 @@ class Uplink:
         health: Callable[[], dict[str, Any]] = dict,
         on_message: Callable[[aiomqtt.Message], Awaitable[None]] | None = None,
         subscriptions: tuple[str, ...] = (),
+        budget: Budget | None = None,
+        record_filter: RecordFilter | None = None,
     ) -> None:
         self.s = settings
         self.store = store
@@ -144,6 +167,10 @@ class Uplink:
         self._base_name = partial(senml.device_base_name, settings.gateway_id)
         self._stopping = asyncio.Event()
         self._client: AckedClient | None = None
+        self.budget = budget
+        self.record_filter = record_filter
+        self._held_below = Priority.DIAGNOSTIC  # lowest priority the budget lets through
+        self._held_until = 0.0  # wall clock when it lets everything through again
 
     # -- connection loop ------------------------------------------------------------------
 
@@ -266,7 +293,9 @@ class Uplink:
         inflight = asyncio.Semaphore(self.s.max_inflight)
         async with asyncio.TaskGroup() as tg:
             while True:
-                batches = await self.store.lease(self.s.max_inflight)
+                if self._held_below > Priority.DIAGNOSTIC and time.time() >= self._held_until:
+                    self._held_below = Priority.DIAGNOSTIC  # a new day
+                batches = await self.store.lease(self.s.max_inflight, self._held_below)
                 if not batches:
                     await self.store.wait_for_data(timeout=0.25)
                     continue
@@ -280,9 +309,32 @@ class Uplink:
     ) -> None:
         try:
             key = f"{self.s.gateway_id}/{batch.seq}-{batch.last_seq}"
-            payload = senml.encode_pack(batch.records, self._base_name, key)
+            now = time.time()
+            records = batch.records
+            if self.record_filter is not None:
+                records = self.record_filter(records, now)
+                self.stats.expired += len(batch.records) - len(records)
+                if not records:  # nothing left worth sending: done with it
+                    self.store.ack(batch.seq)
+                    return
+            payload = senml.encode_pack(records, self._base_name, key)
             if self.s.compression == "zlib":
                 payload = senml.compress(payload)
+            if self.budget is not None and not self.budget.try_spend(
+                len(payload), batch.priority, now
+            ):
+                # Back to the store; this priority and those below wait for the new day.
+                self.store.release([batch.seq])
+                self.stats.budget_held += 1
+                self._held_below = max(self._held_below, Priority(batch.priority + 1))
+                self._held_until = self.budget.resets_at(now)
+                log.warning(
+                    "daily upstream budget spent for %s data: held until %s",
+                    batch.priority.name.lower(),
+                    time.strftime("%Y-%m-%d %H:%M", time.localtime(self._held_until)),
+                    extra={"cause": f"uplink.budget.{batch.priority.name.lower()}"},
+                )
+                return
             props = None
             if self.s.protocol == 5:
                 props = Properties(PacketTypes.PUBLISH)
@@ -294,7 +346,7 @@ class Uplink:
         finally:
             inflight.release()
         self.stats.packs_sent += 1
-        self.stats.records_sent += len(batch.records)
+        self.stats.records_sent += len(records)
         self.stats.bytes_sent += len(payload)
         self.stats.last_pack = payload
         self.store.ack(batch.seq)
