@@ -206,6 +206,9 @@ def default_policy() -> PolicyConfig:
       grain (the EU settles electricity in 15-min periods), kept 31 days unsent.
     * ``*/power*``, ``*/voltage*``, ``*/current*``: min/max/mean per 5 min keep peaks and
       sags (a failing lamp, a cabinet fault) at 3 records instead of 30 polls at 10 s.
+    * ``*/frequency*``: mains frequency, min/max/mean per 5 min like voltage.
+    * ``*/door*``: a contact's state on change only (deadband 0), repeated hourly; the
+      door-open alarm itself is an alarm record and never waits.
     * ``*/rssi*``, ``*/snr*``: radio diagnostics, mean/min/count per 15 min, kept 2 days.
     * The night (22:00-06:00, Europe/Paris) only matters to sources that set a night
       interval. 1 MB a day (about 30 MB a month, a common M2M SIM tier) holds some 140,000
@@ -232,6 +235,8 @@ def default_policy() -> PolicyConfig:
             rule("*/power*", aggregate=(300, ["min", "max", "mean"]), ttl=float(week)),
             rule("*/voltage*", aggregate=(300, ["min", "max", "mean"]), ttl=float(week)),
             rule("*/current*", aggregate=(300, ["min", "max", "mean"]), ttl=float(week)),
+            rule("*/frequency*", aggregate=(300, ["min", "max", "mean"]), ttl=float(week)),
+            rule("*/door*", deadband=0.0, heartbeat=3600.0, ttl=float(month)),
             rule("*/rssi*", aggregate=(900, ["mean", "min", "count"]), ttl=2.0 * DAY_S),
             rule("*/snr*", aggregate=(900, ["mean", "min", "count"]), ttl=2.0 * DAY_S),
         ],
