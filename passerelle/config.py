@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta
 
+from .cabinet import config as cabinet_config
+from .cabinet.config import GpioSourceConfig, I2cSourceConfig
 from .lorawan import config as lorawan_config
 from .lorawan.config import LorawanConfig, RadioConfig
 from .model import check_name
@@ -45,6 +47,7 @@ from .schema import (
     Section,
     SourceBase,
 )
+from .sources import SCHEDULED_TYPES
 
 __all__ = [
     "DEFAULT_PATH",
@@ -128,7 +131,12 @@ class EnvSourceConfig(SourceBase, tag="sim.env", frozen=True):
     values: Annotated[int, Meta(ge=1, le=64)] = 3
 
 
-SourceConfig = CounterSourceConfig | EnvSourceConfig
+SourceConfig = CounterSourceConfig | EnvSourceConfig | I2cSourceConfig | GpioSourceConfig
+# Source types with a semantic pass of their own: type -> check(src, path, errors)
+_SOURCE_CHECKS = {
+    "i2c": cabinet_config.check,
+    "gpio": cabinet_config.check,
+}
 
 
 class Config(Section, frozen=True):
@@ -422,6 +430,13 @@ def _check_semantics(c: dict[str, Any], base_dir: Path, errors: Errors) -> None:
             seen[name] = i
         if src.get("device") is None and "device" in src:
             src["device"] = name
+        source_check = _SOURCE_CHECKS.get(src.get("type", ""))
+        if source_check is not None:
+            source_check(src, f"sources[{i}]", errors)
+        if src.get("night_interval") is not None and src.get("type") not in SCHEDULED_TYPES:
+            errors.append((f"sources[{i}].night_interval",
+                           f"a {src.get('type')} source polls at a fixed interval; "
+                           f"night_interval applies to: {', '.join(sorted(SCHEDULED_TYPES))}"))
 
 
 def _check_uplink(up: dict[str, Any], errors: Errors) -> None:

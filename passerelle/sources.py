@@ -33,9 +33,11 @@ class Source(Protocol):
 SOURCE_TYPES: dict[str, str] = {
     "sim.counter": "hil.sources:CounterSource.from_config",
     "sim.env": "hil.sources:EnvironmentSensor.from_config",
+    "i2c": "passerelle.cabinet.sensors:I2cSensorSource.from_config",
+    "gpio": "passerelle.cabinet.inputs:GpioSource.from_config",
 }
 # Types whose factory takes ``interval_at`` (a night interval in [policy].night).
-SCHEDULED_TYPES: set[str] = set()
+SCHEDULED_TYPES: set[str] = {"i2c"}
 
 
 def build_source(cfg: Any, interval_at: IntervalAt | None = None) -> Source:

@@ -26,7 +26,7 @@ import hil.gpio_sim as gpio_sim_module
 import hil.i2c_sim as i2c_sim_module
 from tests.micropython import REPO, require_micropython, run_micropython
 
-SCENARIOS = r'''
+SCENARIOS = r"""
 def _rig():
     bus = I2cBusSim()
     return bus, bus.attach(BME280Sim()), bus.attach(SHT3xSim()), bus.attach(VEML7700Sim())
@@ -150,7 +150,7 @@ def scenario_relay():
     welded = _error(lambda: relay.check(clock.ticks_ms()))
     return {"ok": ok, "welded": welded, "again": relay.check(clock.ticks_ms()),
             "history": [list(h) for h in contactor.coil.history]}
-'''
+"""
 
 NAMES = [
     "bme280_vectors",

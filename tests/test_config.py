@@ -169,8 +169,13 @@ def test_config_is_immutable(certs: Path) -> None:
 
 def test_source_tags_match_the_registry() -> None:
     # A source type the schema knows but build_source does not (or the reverse) is a bug.
-    tags = {cls.__struct_config__.tag for cls in (CounterSourceConfig, EnvSourceConfig)}
+    import typing
+
+    from passerelle.config import SourceConfig
+
+    tags = {cls.__struct_config__.tag for cls in typing.get_args(SourceConfig)}
     assert tags == set(SOURCE_TYPES)
+    assert {CounterSourceConfig, EnvSourceConfig} <= set(typing.get_args(SourceConfig))
 
 
 def test_lab_example_is_valid() -> None:
@@ -365,8 +370,8 @@ def test_structural_errors_read_plainly() -> None:
         ("store.max_delay", "must be <= 0.1"),
         ("log.level", "must be one of 'debug', 'info', 'warning', 'error' (got 'loud')"),
         ("log.burst", "must be >= 1"),  # msgspec reads int > 0 as >= 1
-        ("sources[2].type", "unknown source type 'sim.bogus' (known: sim.counter, sim.env)"),
-        ("sources[3].type", "required key missing (one of: sim.counter, sim.env)"),
+        ("sources[2].type", "unknown source type 'sim.bogus' (known: gpio, i2c, sim.counter, sim.env)"),
+        ("sources[3].type", "required key missing (one of: gpio, i2c, sim.counter, sim.env)"),
         ("sources[4].devise", "unknown key (did you mean 'device'?)"),
         ("sources[4].interval", "expected a number, got a string"),
         ("sources[4].values", "must be <= 64"),

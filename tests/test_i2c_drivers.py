@@ -252,10 +252,10 @@ def test_veml7700_auto_range_reads_the_simulated_light(lux: float) -> None:
     # within one count, as the correction polynomial stretches it at high light
     one_count = veml7700.lux_from_raw(raw + 1, sensor.gain, sensor.integration_ms) - reading
     assert abs(reading - lux) <= one_count
-    assert (
-        veml7700.COUNTS_LOW <= raw <= veml7700.COUNTS_HIGH
-        or (sensor.gain, sensor.integration_ms) in (veml7700.LADDER[0], veml7700.LADDER[-1])
-    )
+    assert veml7700.COUNTS_LOW <= raw <= veml7700.COUNTS_HIGH or (
+        sensor.gain,
+        sensor.integration_ms,
+    ) in (veml7700.LADDER[0], veml7700.LADDER[-1])
 
 
 def test_veml7700_reading_before_an_integration_is_caught_by_the_simulator() -> None:

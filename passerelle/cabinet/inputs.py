@@ -123,11 +123,11 @@ class GpioSource:
         self._wall = wall
         self._pins = pins
         names: set[str] = set()
-        for spec in (*inputs, *relays):
-            check_name(spec.name)
-            if spec.name in names:
-                raise ValueError(f"duplicate input/relay name {spec.name!r}")
-            names.add(spec.name)
+        for label in [i.name for i in inputs] + [r.name for r in relays]:
+            check_name(label)
+            if label in names:
+                raise ValueError(f"duplicate input/relay name {label!r}")
+            names.add(label)
         self._inputs = [
             (spec, DigitalInput(pins.pin(spec.line), spec.debounce_ms, spec.active_low, spec.name))
             for spec in inputs

@@ -161,7 +161,9 @@ class I2cSensorSource:
         self._bus_next_log = 0.0
 
     @classmethod
-    def from_config(cls, cfg: Any, bus: Any = None) -> I2cSensorSource:
+    def from_config(
+        cls, cfg: Any, bus: Any = None, interval_at: Callable[[float], float] | None = None
+    ) -> I2cSensorSource:
         specs = [SensorSpec(s.type, s.name, s.resolved_address) for s in cfg.sensors]
         return cls(
             cfg.name,
@@ -170,6 +172,7 @@ class I2cSensorSource:
             bus=bus,
             bus_number=cfg.bus,
             priority=getattr(cfg, "priority_level", Priority.TELEMETRY),
+            interval_at=interval_at,
         )
 
     # --- scheduling ----------------------------------------------------------------
@@ -200,10 +203,15 @@ class I2cSensorSource:
 
     # --- one poll ------------------------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """True while a previous (possibly abandoned) read is still running."""
+        return self._pending is not None and not self._pending.done()
+
     async def poll(self) -> list[Record]:
         """Read every sensor once (in a worker thread); the records that came out."""
         self.polls += 1
-        if self._pending is not None and not self._pending.done():
+        if self.busy:
             self.skipped_busy += 1
             self._log_bus(
                 "cabinet.i2c.busy",
