@@ -337,15 +337,12 @@ class RtuLine:
         unit.requests += 1
         if unit.silent:
             return
-        task = asyncio.get_running_loop().create_task(self._reply(unit, frame[1:-2]))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _reply(self, unit: UnitSim, pdu: bytes) -> None:
+        # The reply (and its faults) is decided when the request ends, as a device would;
+        # only its sending waits for the turnaround and the wire time.
         if unit.garbage:
             out = GARBAGE
         else:
-            body = bytes((unit.unit,)) + unit.answer(pdu)
+            body = bytes((unit.unit,)) + unit.answer(frame[1:-2])
             crc = crc16(body)
             if unit.corrupt_crc:
                 crc = bytes(b ^ 0xFF for b in crc)
@@ -353,6 +350,11 @@ class RtuLine:
         wait = t35(self.baud) + unit.delay
         if self.wire_timing:
             wait += len(out) * 11 / self.baud
+        task = asyncio.get_running_loop().create_task(self._send_later(out, wait))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_later(self, out: bytes, wait: float) -> None:
         await asyncio.sleep(wait)
         with contextlib.suppress(OSError):
             os.write(self._master, out)

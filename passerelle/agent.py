@@ -131,7 +131,20 @@ class Agent:
             "last_error": up.last_error or st.last_error,
             **({"lorawan": self.lorawan.health()} if self.lorawan is not None else {}),
             **({"policy": self.sobriety.stats()} if self.cfg.policy.rules() else {}),
+            **({"sources": buses} if (buses := self._source_stats()) else {}),
         }
+
+    def _source_stats(self) -> dict[str, Any]:
+        """Per source, what its own counters say (buses: devices online, timeouts, CRC)."""
+        out: dict[str, Any] = {}
+        for source in self.sources:
+            stats = getattr(source, "stats", None)
+            if callable(stats):
+                try:
+                    out[source.name] = stats()
+                except Exception as exc:  # health must never fail because of a source
+                    out[source.name] = {"error": f"{type(exc).__name__}: {exc}"}
+        return out
 
     # -- lifetime -------------------------------------------------------------------------
 

@@ -9,6 +9,9 @@
                                         every field of a LoRaWAN frame (exit 2 if malformed)
   passerelle lorawan airtime --sf N --bw KHZ --cr 4/5 --size BYTES [--json]
                                         LoRa time on air, and how many frames fit per hour
+  passerelle modbus read (--serial DEV --baud N | --tcp HOST:PORT) --unit N --register ADDR
+                         --type T [--function F] [--order O] [--scale X] [--json]
+                                        one register block of a meter, for installers
 """
 
 from __future__ import annotations
@@ -84,31 +87,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
     sub.add_parser("lorawan", help="LoRaWAN tools: decode a frame, compute time on air")
+    sub.add_parser("modbus", help="Modbus tools: read a meter's register (modbus read --help)")
     return p
 
 
-LORAWAN_TOOLS = {
-    "decode": "passerelle.lorawan.decode_cli",
-    "airtime": "passerelle.lorawan.airtime_cli",
+# group -> tool -> module with main(argv) -> int; each tool parses its own options (hex
+# frames, keys, register addresses in hex).
+TOOLS = {
+    "lorawan": {
+        "decode": "passerelle.lorawan.decode_cli",
+        "airtime": "passerelle.lorawan.airtime_cli",
+    },
+    "modbus": {
+        "read": "passerelle.modbus.read_cli",
+    },
 }
 
 
-def _lorawan(argv: list[str]) -> int:
-    """``passerelle lorawan <tool> ...``: integrator tools, each with its own parser."""
+def _tool(group: str, argv: list[str]) -> int:
+    """``passerelle <group> <tool> ...``: installer and integrator tools."""
     import importlib
 
-    if not argv or argv[0] not in LORAWAN_TOOLS:
-        tools = ", ".join(LORAWAN_TOOLS)
-        print(f"usage: passerelle lorawan {{{tools}}} ... (--help for each)", file=sys.stderr)
+    tools = TOOLS[group]
+    if not argv or argv[0] not in tools:
+        names = ", ".join(tools)
+        print(f"usage: passerelle {group} {{{names}}} ... (--help for each)", file=sys.stderr)
         return 2
-    module = importlib.import_module(LORAWAN_TOOLS[argv[0]])
+    module = importlib.import_module(tools[argv[0]])
     return int(module.main(argv[1:]))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["lorawan"]:  # its tools parse their own options (hex frames, keys)
-        return _lorawan(argv[1:])
+    if argv[:1] and argv[0] in TOOLS:
+        return _tool(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -36,6 +36,8 @@ from .cabinet import config as cabinet_config
 from .cabinet.config import GpioSourceConfig, I2cSourceConfig
 from .lorawan import config as lorawan_config
 from .lorawan.config import LorawanConfig, RadioConfig
+from .modbus import config as modbus_config
+from .modbus.config import ModbusRtuSourceConfig, ModbusTcpSourceConfig
 from .model import check_name
 from .policy import config as policy_config
 from .policy.config import PolicyConfig
@@ -131,11 +133,20 @@ class EnvSourceConfig(SourceBase, tag="sim.env", frozen=True):
     values: Annotated[int, Meta(ge=1, le=64)] = 3
 
 
-SourceConfig = CounterSourceConfig | EnvSourceConfig | I2cSourceConfig | GpioSourceConfig
+SourceConfig = (
+    CounterSourceConfig
+    | EnvSourceConfig
+    | I2cSourceConfig
+    | GpioSourceConfig
+    | ModbusRtuSourceConfig
+    | ModbusTcpSourceConfig
+)
 # Source types with a semantic pass of their own: type -> check(src, path, errors)
 _SOURCE_CHECKS = {
     "i2c": cabinet_config.check,
     "gpio": cabinet_config.check,
+    "modbus-rtu": modbus_config.check,
+    "modbus-tcp": modbus_config.check,
 }
 
 

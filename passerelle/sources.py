@@ -35,9 +35,11 @@ SOURCE_TYPES: dict[str, str] = {
     "sim.env": "hil.sources:EnvironmentSensor.from_config",
     "i2c": "passerelle.cabinet.sensors:I2cSensorSource.from_config",
     "gpio": "passerelle.cabinet.inputs:GpioSource.from_config",
+    "modbus-rtu": "passerelle.modbus.source:ModbusSource.from_config",
+    "modbus-tcp": "passerelle.modbus.source:ModbusSource.from_config",
 }
 # Types whose factory takes ``interval_at`` (a night interval in [policy].night).
-SCHEDULED_TYPES: set[str] = {"i2c"}
+SCHEDULED_TYPES: set[str] = {"i2c", "modbus-rtu", "modbus-tcp"}
 
 
 def build_source(cfg: Any, interval_at: IntervalAt | None = None) -> Source:

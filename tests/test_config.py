@@ -370,8 +370,8 @@ def test_structural_errors_read_plainly() -> None:
         ("store.max_delay", "must be <= 0.1"),
         ("log.level", "must be one of 'debug', 'info', 'warning', 'error' (got 'loud')"),
         ("log.burst", "must be >= 1"),  # msgspec reads int > 0 as >= 1
-        ("sources[2].type", "unknown source type 'sim.bogus' (known: gpio, i2c, sim.counter, sim.env)"),
-        ("sources[3].type", "required key missing (one of: gpio, i2c, sim.counter, sim.env)"),
+        ("sources[2].type", "unknown source type 'sim.bogus' (known: gpio, i2c, modbus-rtu, modbus-tcp, sim.counter, sim.env)"),
+        ("sources[3].type", "required key missing (one of: gpio, i2c, modbus-rtu, modbus-tcp, sim.counter, sim.env)"),
         ("sources[4].devise", "unknown key (did you mean 'device'?)"),
         ("sources[4].interval", "expected a number, got a string"),
         ("sources[4].values", "must be <= 64"),

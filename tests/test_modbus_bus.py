@@ -164,7 +164,7 @@ async def test_slow_answers() -> None:
         u.delay = 0.3  # slower than the timeout
         with pytest.raises(Timeout):
             await bus.read(6, "holding", 0, 1)
-        # the late reply lands during the settle time and is not taken for the next one
+        # the late reply arrives before the next request, which pymodbus discards: not taken
         u.delay = 0.0
         u.holding[0] = 555
         await asyncio.sleep(0.2)
