@@ -155,6 +155,7 @@ class Uplink:
         subscriptions: tuple[str, ...] = (),
         budget: Budget | None = None,
         record_filter: RecordFilter | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.s = settings
         self.store = store
@@ -169,6 +170,7 @@ class Uplink:
         self._client: AckedClient | None = None
         self.budget = budget
         self.record_filter = record_filter
+        self._wall = wall  # the calendar the budget's days and the TTLs are counted in
         self._held_below = Priority.DIAGNOSTIC  # lowest priority the budget lets through
         self._held_until = 0.0  # wall clock when it lets everything through again
 
@@ -293,7 +295,7 @@ class Uplink:
         inflight = asyncio.Semaphore(self.s.max_inflight)
         async with asyncio.TaskGroup() as tg:
             while True:
-                if self._held_below > Priority.DIAGNOSTIC and time.time() >= self._held_until:
+                if self._held_below > Priority.DIAGNOSTIC and self._wall() >= self._held_until:
                     self._held_below = Priority.DIAGNOSTIC  # a new day
                 batches = await self.store.lease(self.s.max_inflight, self._held_below)
                 if not batches:
@@ -309,7 +311,7 @@ class Uplink:
     ) -> None:
         try:
             key = f"{self.s.gateway_id}/{batch.seq}-{batch.last_seq}"
-            now = time.time()
+            now = self._wall()
             records = batch.records
             if self.record_filter is not None:
                 records = self.record_filter(records, now)
