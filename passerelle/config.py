@@ -667,6 +667,10 @@ def summary(cfg: Config) -> str:
         + (f", HOLDS non-alarm records up to {_seconds(st.hold)} in RAM" if st.hold else ""),
         f"packs    up to {up.batch_records} records or {_seconds(up.batch_age)} old, "
         f"{'zlib' if up.compression == 'zlib' else 'uncompressed'}",
+        f"policy   {len(cfg.policy.rules())} stream rules"
+        + (" (defaults on)" if cfg.policy.defaults else "")
+        + (f", upstream budget {_bytes(cfg.policy.budget_bytes_per_day)}/day"
+           if cfg.policy.budget_bytes_per_day else ", no upstream budget"),
         f"sources  {len(cfg.sources) or 'none'}",
     ]
     width = max((len(s.name) for s in cfg.sources), default=0)

@@ -536,3 +536,29 @@ def test_packet_forwarder_listen_address_is_checked(listen: str) -> None:
     data = lab()
     data["radio"] = {"type": "semtech-udp", "listen": listen}
     assert [p for p, _ in errors_of(data)] == ["radio.listen"]
+
+
+def test_cabinet_example_only_lacks_its_files(tmp_path: Path) -> None:
+    errors = errors_of(EXAMPLES / "cabinet.toml")
+    assert errors and all(reason.startswith("no such file '/etc/passerelle/")
+                          for _, reason in errors)
+    data = tomllib.loads((EXAMPLES / "cabinet.toml").read_text())
+    for key in ("ca_file", "cert_file", "key_file"):
+        (tmp_path / key).write_text(PEM)
+        data["uplink"][key] = key
+    cfg = parse(data, tmp_path)
+    assert [s.type for s in cfg.sources] == ["modbus-rtu", "modbus-tcp", "i2c", "gpio"]
+    assert cfg.policy.defaults and len(cfg.policy.rules()) > len(cfg.policy.streams) == 3
+
+
+def test_bus_and_policy_mistakes_are_reported_with_their_paths() -> None:
+    data = tomllib.loads((EXAMPLES / "cabinet.toml").read_text())
+    data["sources"][0]["devices"][0]["map"] = "sdm63"
+    data["sources"][2]["sensors"][0]["address"] = 0x40
+    data["policy"]["streams"][1]["deadband"] = 1.0  # with an aggregate: refused
+    data["policy"]["timezone"] = "Europe/Pariss"
+    errors = dict(errors_of(data))
+    assert "did you mean 'sdm630'" in errors["sources[0].devices[0].map"]
+    assert "0x76 or 0x77" in errors["sources[2].sensors[0].address"]
+    assert "policy.timezone" in errors
+    assert any(path.startswith("policy.streams[1]") for path in errors)
