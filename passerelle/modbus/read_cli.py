@@ -197,7 +197,10 @@ def main(argv: list[str]) -> int:
             out["not_finite"] = str(value)  # NaN/inf are not JSON
         print(json.dumps(out))
     else:
-        print(f"{value}")
+        # A float32 holds about 7 significant digits: print those, not the float64 noise
+        # of its conversion (229.47830200195312 is 229.4783 on the meter's display).
+        shown = f"{value:.7g}" if args.type_ == "float32" and isinstance(value, float) else value
+        print(f"{shown}")
         print(
             f"unit {args.unit} {args.function} {args.register:#06x} {args.type_} {args.order}: "
             f"registers {hexed}"
