@@ -79,6 +79,8 @@ class Agent:
             batch_age=cfg.uplink.batch_age,
         )
         self.sobriety = Sobriety(cfg.policy, gateway_id=cfg.gateway.id)
+        # Rules or a budget: then the policy reports (state, savings records) and ticks.
+        self._policy_active = bool(cfg.policy.rules() or cfg.policy.budget_bytes_per_day)
         self._budget_path = Path(cfg.gateway.data_dir) / "budget.json"
         self._restore_budget()
         self.sources: list[Source] = [self._build_source(s) for s in cfg.sources]
@@ -130,7 +132,7 @@ class Agent:
             "logs_suppressed": sum(suppressed_counts().values()),
             "last_error": up.last_error or st.last_error,
             **({"lorawan": self.lorawan.health()} if self.lorawan is not None else {}),
-            **({"policy": self.sobriety.stats()} if self.cfg.policy.rules() else {}),
+            **({"policy": self.sobriety.stats()} if self._policy_active else {}),
             **({"sources": buses} if (buses := self._source_stats()) else {}),
         }
 
@@ -181,7 +183,7 @@ class Agent:
                 tg.create_task(self._supervise("alarms", self._alarm_loop)),
                 tg.create_task(self._supervise("housekeeping", self._housekeeping)),
             ]
-            if self.cfg.policy.rules():
+            if self._policy_active:
                 others.append(tg.create_task(self._supervise("policy", self._policy_loop)))
             if self.notifier.watchdog_interval():
                 others.append(tg.create_task(run_watchdog(self.notifier, self.store.healthy)))
@@ -330,7 +332,7 @@ class Agent:
                 await self._store_savings()
 
     async def _store_savings(self) -> None:
-        if self.cfg.policy.rules():
+        if self._policy_active:
             await self._put_quietly("policy", self.sobriety.savings_records(),
                                     Priority.DIAGNOSTIC)
 
