@@ -1300,27 +1300,13 @@ def main(argv: list[str] | None = None) -> int:
     from hil.mosquitto import find_mosquitto
 
     sizes = QUICK if args.quick else FULL
-    if args.dir:
-        parent = Path(args.dir)
-        parent.mkdir(parents=True, exist_ok=True)
-    else:
-        parent = Path("/var/tmp") if os.path.isdir("/var/tmp") else Path(tempfile.gettempdir())
-    workdir = Path(tempfile.mkdtemp(prefix="passerelle-bench-", dir=parent))
+    workdir = bench_workdir(args.dir, "passerelle-bench-")
     cmd = "python -m hil.bench" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
     info = machine_info(workdir, find_mosquitto())
     print_header(cmd, info, sizes)
     sys.stdout.flush()
-
-    def progress(text: str) -> None:
-        print(f"  [{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-    started = time.perf_counter()
-    try:
-        res = asyncio.run(run_all(workdir, sizes, args.profile, progress))
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    elapsed = time.perf_counter() - started
+    res, elapsed = run_in(workdir, args.keep,
+                          lambda: run_all(workdir, sizes, args.profile, progress))
     rows = build_rows(res)
     print_table(rows, plain=args.plain)
     failed = [r for r in rows if r.verdict == "FAIL"]
@@ -1331,6 +1317,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print_json_report(cmd, info, sizes, elapsed, res, rows)
     return 0
+
+
+def bench_workdir(arg_dir: str | None, prefix: str) -> Path:
+    """A fresh data dir under ``--dir``, else /var/tmp (a real disk; /tmp is often tmpfs)."""
+    if arg_dir:
+        parent = Path(arg_dir)
+        parent.mkdir(parents=True, exist_ok=True)
+    else:
+        parent = Path("/var/tmp") if os.path.isdir("/var/tmp") else Path(tempfile.gettempdir())
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+
+
+def progress(text: str) -> None:
+    """A bench's progress line, on stderr so the table on stdout stays clean."""
+    print(f"  [{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def run_in(workdir: Path, keep: bool, run: Callable[[], Any]) -> tuple[Any, float]:
+    """``asyncio.run(run())`` timed; the data dir removed afterwards unless ``keep``."""
+    started = time.perf_counter()
+    try:
+        res = asyncio.run(run())
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return res, time.perf_counter() - started
 
 
 def print_json_report(

@@ -31,11 +31,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,9 +44,12 @@ from hil.bench import (
     _fmt,
     agent_store,
     agent_store_kwargs,
+    bench_workdir,
     machine_info,
     print_json_report,
     print_table,
+    progress,
+    run_in,
 )
 from hil.lorawan_device import EndDevice
 from passerelle.lorawan import phy
@@ -622,12 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     sizes = QUICK if args.quick else FULL
-    if args.dir:
-        parent = Path(args.dir)
-        parent.mkdir(parents=True, exist_ok=True)
-    else:
-        parent = Path("/var/tmp") if os.path.isdir("/var/tmp") else Path(tempfile.gettempdir())
-    workdir = Path(tempfile.mkdtemp(prefix="passerelle-bench-lorawan-", dir=parent))
+    workdir = bench_workdir(args.dir, "passerelle-bench-lorawan-")
     cmd = "python -m hil.bench_lorawan" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
     info = machine_info(workdir, None)
     info.pop("mosquitto", None)
@@ -639,16 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     print_header(cmd, info, sizes)
     sys.stdout.flush()
 
-    def progress(text: str) -> None:
-        print(f"  [{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-    started = time.perf_counter()
-    try:
-        res = asyncio.run(run_all(workdir, sizes, progress))
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    elapsed = time.perf_counter() - started
+    res, elapsed = run_in(workdir, args.keep, lambda: run_all(workdir, sizes, progress))
     rows = build_rows(res)
     # rich only on a terminal; a pipe or a file gets the plain table.
     print_table(rows, plain=args.plain or not sys.stdout.isatty())

@@ -48,10 +48,8 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -68,10 +66,13 @@ from hil.bench import (
     _version,
     agent_store,
     agent_store_kwargs,
+    bench_workdir,
     machine_info,
     print_json_report,
     print_table,
     proc_cpu_seconds,
+    progress,
+    run_in,
     uplink_settings,
     wait_until,
 )
@@ -653,28 +654,14 @@ def main(argv: list[str] | None = None) -> int:
     from hil.mosquitto import find_mosquitto
 
     sizes = QUICK if args.quick else FULL
-    if args.dir:
-        parent = Path(args.dir)
-        parent.mkdir(parents=True, exist_ok=True)
-    else:
-        parent = Path("/var/tmp") if os.path.isdir("/var/tmp") else Path(tempfile.gettempdir())
-    workdir = Path(tempfile.mkdtemp(prefix="passerelle-bench-modbus-", dir=parent))
+    workdir = bench_workdir(args.dir, "passerelle-bench-modbus-")
     cmd = "python -m hil.bench_modbus" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
     info = machine_info(workdir, find_mosquitto())
     info["pymodbus"] = _version("pymodbus")
     print_header(cmd, info, sizes)
     sys.stdout.flush()
 
-    def progress(text: str) -> None:
-        print(f"  [{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-    started = time.perf_counter()
-    try:
-        res = asyncio.run(run_all(workdir, sizes, progress))
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    elapsed = time.perf_counter() - started
+    res, elapsed = run_in(workdir, args.keep, lambda: run_all(workdir, sizes, progress))
     rows = build_rows(res)
     # rich only on a terminal; a pipe or a file gets the plain table.
     print_table(rows, plain=args.plain or not sys.stdout.isatty())
