@@ -95,6 +95,7 @@ class Agent:
             # a confirmed uplink is acknowledged only once its records are on disk.
             self.lorawan = LorawanService(cfg.lorawan, cfg.radio, cfg.gateway.data_dir,
                                           self._emitter("lorawan", durable=True))
+        self.lighting = self._build_lighting() if cfg.lighting is not None else None
         has_ttl = any(r.ttl is not None for r in cfg.policy.rules())
         self.uplink = Uplink(
             uplink_settings(cfg), self.store, health=self.health,
@@ -104,6 +105,34 @@ class Agent:
         self._stop = asyncio.Event()
         self._alarms: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _build_lighting(self) -> Any:
+        from .cabinet.inputs import GpioSource
+        from .lighting.engine import LightingEngine, system_clock_trusted
+
+        lc = self.cfg.lighting
+        assert lc is not None
+        relays = {}
+        for src in self.sources:
+            if isinstance(src, GpioSource):
+                for zone in lc.zones.values():
+                    if zone.relay is not None and zone.relay.startswith(f"{src.name}/"):
+                        relays[zone.relay] = src.relay(zone.relay.partition("/")[2])
+        trusted = not lc.clock_check
+
+        def clock() -> float | None:
+            # Latched: once NTP (or an RTC) has set the time, a backhaul lost for days
+            # (NTP unreachable) must not put the street on its safe defaults.
+            nonlocal trusted
+            trusted = trusted or system_clock_trusted()
+            return time.time() if trusted else None
+
+        return LightingEngine(
+            lc, self._emitter("lighting"),
+            downlinks=self.lorawan.server if self.lorawan is not None else None,
+            relays=relays, clock=clock,
+            state_path=Path(self.cfg.gateway.data_dir) / "lighting.json",
+        )
 
     # -- health ---------------------------------------------------------------------------
 
@@ -133,6 +162,7 @@ class Agent:
             "last_error": up.last_error or st.last_error,
             **({"lorawan": self.lorawan.health()} if self.lorawan is not None else {}),
             **({"policy": self.sobriety.stats()} if self._policy_active else {}),
+            **({"lighting": self.lighting.health()} if self.lighting is not None else {}),
             **({"sources": buses} if (buses := self._source_stats()) else {}),
         }
 
@@ -185,6 +215,8 @@ class Agent:
             ]
             if self._policy_active:
                 others.append(tg.create_task(self._supervise("policy", self._policy_loop)))
+            if self.lighting is not None:
+                others.append(tg.create_task(self._supervise("lighting", self.lighting.run)))
             if self.notifier.watchdog_interval():
                 others.append(tg.create_task(run_watchdog(self.notifier, self.store.healthy)))
             self.notifier.ready()
@@ -259,6 +291,10 @@ class Agent:
         """
 
         async def emit(records: Sequence[Record], priority: Priority) -> None:
+            # The lighting engine sees everything first (luminaire feedback, presence, the
+            # light sensor) and keeps presence detections to itself: they leave as counts.
+            if self.lighting is not None:
+                records = self.lighting.observe(records)
             # Sobriety first: what a policy suppresses or folds into a window is never
             # stored (and is counted as saved); alarms pass untouched.
             records = self.sobriety.process(records, priority)

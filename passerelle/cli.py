@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     sub.add_parser("lorawan", help="LoRaWAN tools: decode a frame, compute time on air")
     sub.add_parser("modbus", help="Modbus tools: read a meter's register (modbus read --help)")
+    sub.add_parser("lighting", help="lighting tools: a night's plan (lighting plan --help)")
     return p
 
 
@@ -100,6 +101,9 @@ TOOLS = {
     },
     "modbus": {
         "read": "passerelle.modbus.read_cli",
+    },
+    "lighting": {
+        "plan": "passerelle.lighting.plan_cli",
     },
 }
 

@@ -34,6 +34,8 @@ from msgspec import Meta
 
 from .cabinet import config as cabinet_config
 from .cabinet.config import GpioSourceConfig, I2cSourceConfig
+from .lighting import model as lighting_model
+from .lighting.model import LightingConfig
 from .lorawan import config as lorawan_config
 from .lorawan.config import LorawanConfig, RadioConfig
 from .modbus import config as modbus_config
@@ -159,6 +161,7 @@ class Config(Section, frozen=True):
     radio: RadioConfig | None = None
     lorawan: LorawanConfig = msgspec.field(default_factory=LorawanConfig)
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
+    lighting: LightingConfig | None = None
 
 
 Errors = list[tuple[str, str]]  # (dotted path, reason)
@@ -449,6 +452,22 @@ def _check_semantics(c: dict[str, Any], base_dir: Path, errors: Errors) -> None:
                            f"a {src.get('type')} source polls at a fixed interval; "
                            f"night_interval applies to: {', '.join(sorted(SCHEDULED_TYPES))}"))
 
+    light = c.get("lighting")
+    if isinstance(light, dict):
+        lighting_model.check(light, "lighting", errors, _lighting_known(c))
+
+
+def _lighting_known(c: dict[str, Any]) -> dict[str, Any]:
+    """What the lighting section may refer to in other sections."""
+    lw = c.get("lorawan") if isinstance(c.get("lorawan"), dict) else {}
+    devices = {d["name"]: d.get("class", "A") for d in lw.get("devices") or () if d and "name" in d}
+    groups = {g["name"]: list(g.get("devices") or ())
+              for g in lw.get("multicast") or () if g and "name" in g}
+    relays = {f"{s['name']}/{r['name']}"
+              for s in c.get("sources") or () if s and s.get("type") == "gpio" and "name" in s
+              for r in s.get("relays") or () if r and "name" in r}
+    return {"devices": devices, "multicast": groups, "relays": relays}
+
 
 def _check_uplink(up: dict[str, Any], errors: Errors) -> None:
     if isinstance(up.get("url"), str):
@@ -673,6 +692,12 @@ def summary(cfg: Config) -> str:
            if cfg.policy.budget_bytes_per_day else ", no upstream budget"),
         f"sources  {len(cfg.sources) or 'none'}",
     ]
+    if cfg.lighting is not None:
+        li = cfg.lighting
+        lines.insert(-1, f"lighting {len(li.zones)} zones, "
+                         f"{sum(z.size for z in li.zones.values())} luminaires, "
+                         f"{len(li.presence_sensors)} presence sensors, "
+                         f"at {li.latitude:.4f},{li.longitude:.4f} {li.timezone}")
     width = max((len(s.name) for s in cfg.sources), default=0)
     lines += [
         f"  {s.name:<{width}}  {s.type:<11}  every {_seconds(s.interval)}  {s.priority}"
