@@ -664,7 +664,7 @@ def test_get_codec_builtins_and_layouts() -> None:
 
 def test_get_codec_unknown_name_lists_the_known_ones() -> None:
     with pytest.raises(
-        KeyError, match="unknown codec 'lpp'; known codecs: cayenne, raw, bin, water-meter"
+        KeyError, match="unknown codec 'lpp'; known codecs: cayenne, raw, luminaire, bin, water-meter"
     ):
         get_codec("lpp", {"water-meter": water_meter(), "bin": water_meter()})
 

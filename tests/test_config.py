@@ -499,7 +499,7 @@ def test_lorawan_mistakes_are_reported_with_their_paths() -> None:
         ("lorawan.devices[0].colour", "unknown key"),
         ("lorawan.devices[0].dev_eui", "invalid 'zz': 16 hex digits (an EUI-64)"),
         ("lorawan.devices[0]", "both OTAA (join_eui, app_key) and ABP keys: choose one"),
-        ("lorawan.devices[0].codec", "unknown codec 'x' (known: cayenne, raw)"),
+        ("lorawan.devices[0].codec", "unknown codec 'x' (known: cayenne, luminaire, raw)"),
         ("lorawan.devices[1].name", "duplicate device 'a' (also devices[0])"),
         ("lorawan.devices[1].app_key", "required: OTAA (join_eui, app_key) or ABP keys"),
         ("lorawan.devices[2].app_s_key", "required for ABP"),

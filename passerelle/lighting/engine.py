@@ -472,7 +472,8 @@ class LightingEngine:
         task.add_done_callback(self._tasks.discard)
 
     def _ramp(self, zone: Zone, lum: Luminaire) -> int:
-        up = lum.confirmed is None or lum.target > lum.confirmed
+        ref = lum.confirmed if lum.confirmed is not None else lum.sent
+        up = ref is None or lum.target > ref  # unknown: light fast, never dim slowly to dark
         return round(zone.ramp_up if up else zone.ramp_down)
 
     async def _multicast(self, zname: str, zone: Zone, lums: list[Luminaire], level: int) -> None:

@@ -1,6 +1,6 @@
 """Application payload codecs: the bytes a LoRaWAN device sends, turned into measurements.
 
-Three codecs, chosen per device by name (:func:`get_codec`):
+Four codecs, chosen per device by name (:func:`get_codec`):
 
 ``cayenne``
     Cayenne Low Power Payload v1 (myDevices), plus the extended types of the ElectronicCats
@@ -8,6 +8,9 @@ Three codecs, chosen per device by name (:func:`get_codec`):
 ``raw``
     The payload bytes as one record, for devices nobody wrote a decoder for yet: nothing is
     lost, the back end can decode later.
+``luminaire``
+    The STATUS uplink of the street-lighting controllers
+    (:mod:`passerelle.lighting.protocol`).
 a named layout
     A fixed binary layout declared in the configuration (:class:`Layout`): which field sits
     at which byte offset, its integer/float/bit type, scale, offset and unit. Covers the
@@ -35,6 +38,7 @@ from typing import Annotated, Literal, NamedTuple
 
 import msgspec
 
+from ..lighting.protocol import STATUS_FPORT, ProtocolError, decode_status, status_records
 from ..model import Record, check_name
 
 __all__ = [
@@ -625,7 +629,20 @@ def _raw_codec(payload: bytes, fport: int | None, device: str, time: float) -> l
     return [Record(device, name, bytes(payload), time, None)]
 
 
-_BUILTIN: Mapping[str, Codec] = {"cayenne": _cayenne_codec, "raw": _raw_codec}
+def _luminaire_codec(payload: bytes, fport: int | None, device: str, time: float) -> list[Record]:
+    if fport is not None and fport != STATUS_FPORT:
+        raise CodecError(f"luminaire: fport {fport} is not the STATUS port {STATUS_FPORT}")
+    try:
+        return status_records(decode_status(payload), device, time)
+    except ProtocolError as exc:
+        raise CodecError(f"luminaire: {exc}", exc.offset) from exc
+
+
+_BUILTIN: Mapping[str, Codec] = {
+    "cayenne": _cayenne_codec,
+    "raw": _raw_codec,
+    "luminaire": _luminaire_codec,
+}
 
 
 def builtin_codecs() -> tuple[str, ...]:
@@ -634,7 +651,7 @@ def builtin_codecs() -> tuple[str, ...]:
 
 
 def get_codec(name: str, layouts: Mapping[str, Layout]) -> Codec:
-    """The codec called ``name``: ``cayenne``, ``raw`` or one of ``layouts``.
+    """The codec called ``name``: ``cayenne``, ``raw``, ``luminaire`` or one of ``layouts``.
 
     A layout is validated here, once, so a bad configuration fails at load time
     (:class:`LayoutError`). An unknown name raises ``KeyError`` listing the known ones; a
