@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 DEVICE = "lighting"  # the SenML device of the engine's own measurements
 _STATUS_NAMES = {"ack_seq", "level", "lamp_failure", "driver_failure", "local_program", "energy"}
-MULTICAST_SETTLE = 30.0  # s: members answer a multicast within this window (random delay)
 SAVE_EVERY = 300.0  # s of wall clock between state saves (flash wear), plus on every override
 
 
@@ -127,7 +126,7 @@ class LightingEngine:
         relays: dict[str, Relay] | None = None,
         clock: Callable[[], float | None] = time.time,
         state_path: str | os.PathLike[str] | None = None,
-        multicast_settle: float = MULTICAST_SETTLE,
+        multicast_settle: float | None = None,
     ) -> None:
         self.cfg = cfg
         self.emit = emit
@@ -136,7 +135,7 @@ class LightingEngine:
         self.clock = clock
         self.tz = cfg.tz
         self.state_path = Path(state_path) if state_path is not None else None
-        self.multicast_settle = multicast_settle
+        self.multicast_settle = cfg.reply_window if multicast_settle is None else multicast_settle
         self.zones = {name: ZoneState() for name in cfg.zones}
         self.luminaires: dict[str, Luminaire] = {}
         for zname, zone in cfg.zones.items():

@@ -182,8 +182,11 @@ class LightingConfig(Section, frozen=True, kw_only=True):
     meter: Meter | None = None
     tick: Annotated[float, Meta(ge=0.1, le=300)] = 10.0  # seconds between evaluations
     confirm_timeout: Annotated[float, Meta(ge=1, le=3600)] = 60.0
+    # The controllers answer a multicast within this many seconds (each after a random delay,
+    # so a hundred answers do not collide): the engine waits this long more for them.
+    reply_window: Annotated[float, Meta(ge=0, le=600)] = 30.0
     retries: Annotated[int, Meta(ge=0, le=10)] = 3
-    presence_window: Annotated[int, Meta(ge=60, le=86400)] = 900  # counts sent per window
+    presence_window: Annotated[int, Meta(ge=10, le=86400)] = 900  # counts sent per window
     # true: the schedule waits for NTP (or an RTC) before trusting the clock; until then the
     # zones are at their safe default. false only for labs and tests without NTP.
     clock_check: bool = True
