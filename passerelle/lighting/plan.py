@@ -21,18 +21,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from .astro import NightSun, night_sun
+from .astro import NightSun, night_sun, night_window
 from .calendar import select
 from .model import ControlProgram, LightingConfig, Zone, parse_bound
 
 _EVENING = {"sunset", "civil_dusk"}
 
 
-def window(night: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
-    """Noon on ``night`` to noon the next day, local time (23 or 25 hours across DST)."""
-    start = datetime(night.year, night.month, night.day, 12, tzinfo=tz)
-    nxt = night + timedelta(days=1)
-    return start, datetime(nxt.year, nxt.month, nxt.day, 12, tzinfo=tz)
+# Noon on the night's date to noon the next day, local (23 or 25 hours across DST).
+window = night_window
 
 
 def night_of(when: datetime, tz: ZoneInfo) -> date:
