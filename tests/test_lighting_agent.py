@@ -174,15 +174,18 @@ async def test_street_follows_schedule_override_and_presence_without_backhaul(
             def lum1_levels() -> list[Any]:
                 return [r.value for r in upstream(sub) if r.name.endswith("lum-1:level")]
 
-            await wait_until(lambda: any(n.endswith("street/presence") for n in names())
-                             and {30, 100} <= set(lum1_levels()), 20,
+            def presence_counts() -> list[Any]:
+                return [r.value for r in upstream(sub) if r.name.endswith("street/presence")]
+
+            # Windows without anyone passing count 0; the one with the detection counts 1.
+            await wait_until(lambda: sum(presence_counts()) >= 1
+                             and {30, 100} <= set(lum1_levels()), 25,
                              f"the presence count and lum-1's feedback upstream: "
                              f"{sorted(set(names()))[:30]}, {lum1_levels()}")
             records = upstream(sub)
             assert not any(r.name.endswith("presence/1") for r in records), \
                 "raw presence detections must never leave the gateway"
-            count = [r.value for r in records if r.name.endswith("street/presence")]
-            assert sum(count) == 1
+            assert sum(presence_counts()) == 1
             alarms = [r for r in records if r.name.endswith(":alarm")]
             assert any(r.value == "lamp failure" and "lum-4" in r.name for r in alarms), alarms
             states = [json.loads(m.payload) for m in sub.messages
