@@ -181,6 +181,12 @@ class ConfigError(Exception):
 
 def load(path: str | os.PathLike[str] = DEFAULT_PATH) -> Config:
     """Read, validate and return the configuration at ``path``; raise :class:`ConfigError`."""
+    data, base_dir = read_toml(path)
+    return parse(data, base_dir)
+
+
+def read_toml(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
+    """The decoded TOML document and its directory; :class:`ConfigError` if unreadable."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -197,7 +203,7 @@ def load(path: str | os.PathLike[str] = DEFAULT_PATH) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([("<toml>", _toml_reason(str(e)))]) from None
     # absolute(), not resolve(): paths in errors should read like the operator wrote them.
-    return parse(data, p.absolute().parent)
+    return data, p.absolute().parent
 
 
 def parse(data: dict[str, Any], base_dir: str | os.PathLike[str]) -> Config:
@@ -274,6 +280,9 @@ def _check_value(value: Any, tp: Any, path: str, errors: Errors) -> Any:
     base = _strip(tp)
     if _is_struct(base):
         return _check_struct(value, base, path, errors)
+    optional = _optional_struct(base)
+    if optional is not None and value is not None:
+        return _check_struct(value, optional, path, errors)
     union = _tagged_union(base)
     if union is not None and value is not None:
         return _check_variant(value, union, path.rpartition(".")[2], path, errors)
@@ -358,6 +367,16 @@ def _tagged_union(tp: Any) -> dict[str, type[msgspec.Struct]] | None:
     if not all(_is_struct(m) and m.__struct_config__.tag is not None for m in members):
         return None
     return {m.__struct_config__.tag: m for m in members}
+
+
+def _optional_struct(tp: Any) -> type[msgspec.Struct] | None:
+    """``S`` for ``S | None`` of an untagged Struct (``[lighting]``), else None."""
+    if get_origin(tp) not in (Union, types.UnionType):
+        return None
+    members = [m for m in get_args(tp) if m is not type(None)]
+    if len(members) == 1 and _is_struct(members[0]) and members[0].__struct_config__.tag is None:
+        return members[0]
+    return None
 
 
 def _struct_list(tp: Any) -> type[msgspec.Struct] | None:

@@ -368,7 +368,7 @@ def _check_dates(rule: dict[str, Any], where: str, errors: list[tuple[str, str]]
                 parsed[key] = parse_day(rule[key])
             except ValueError as e:
                 errors.append((f"{where}.{key}", str(e)))
-    if "end_date" in rule and rule.get("start_date") is None:
+    if rule.get("end_date") is not None and rule.get("start_date") is None:
         errors.append((f"{where}.start_date", "end_date given without start_date"))
     a, b = parsed.get("start_date"), parsed.get("end_date")
     if a is not None and b is not None:

@@ -26,6 +26,8 @@ from .calendar import select
 from .model import ControlProgram, LightingConfig, Zone, parse_bound
 
 _EVENING = {"sunset", "civil_dusk"}
+_PAIR = {"sunset": "sunrise", "sunrise": "sunset",
+         "civil_dusk": "civil_dawn", "civil_dawn": "civil_dusk"}
 
 
 # Noon on the night's date to noon the next day, local (23 or 25 hours across DST).
@@ -59,6 +61,10 @@ def event_time(sun: NightSun, event: str, start: datetime, end: datetime) -> dat
         return start if event in _EVENING else end
     if sun.polar == "day":
         return None
+    if sun.event(_PAIR[event]) is not None:
+        # The edge of the polar night: the sun was already down at noon (no sunset in the
+        # window) or is still down at noon next day (no sunrise). Lit, not dark.
+        return start if event in _EVENING else end
     return sun.solar_midnight  # civil twilight all night: dusk and dawn meet at the low point
 
 
@@ -71,7 +77,14 @@ def resolve(
     base = event_time(sun, kind, start, end)
     if base is None:
         return None
-    return min(max(base + timedelta(minutes=value), start), end)
+    # In UTC: aware datetimes sharing a ZoneInfo add, subtract and compare as wall times,
+    # which is an hour off across a DST change.
+    moved = (base.astimezone(UTC) + timedelta(minutes=value)).astimezone(base.tzinfo)
+    return min(max(moved, start, key=_ts), end, key=_ts)
+
+
+def _ts(t: datetime) -> float:
+    return t.timestamp()
 
 
 def clamp(zone: Zone, level: int) -> int:
@@ -96,15 +109,15 @@ def program_steps(
     n = len(points)
     # Fixed times act inside the span the astro points open: in June "06:00 -> 100" falls
     # after a 05:57 sunrise and must not light the street until noon.
-    first = min((t for t, _, _ in points), default=start)
-    last = max((t for t, _, _ in points), default=end)
+    first = min((t for t, _, _ in points), default=start, key=_ts)
+    last = max((t for t, _, _ in points), default=end, key=_ts)
     for i, f in enumerate(program.fixed_time_controls):
         kind, minutes = parse_bound(f.time)
         t = resolve(kind, minutes, night, sun, tz, start, end)
-        if t is not None and (n == 0 or first <= t <= last):
+        if t is not None and (n == 0 or _ts(first) <= _ts(t) < _ts(last)):
             points.append((t, n + i, f.level))
-    points.sort()
-    return [(t, level) for t, _, level in points if t < end]
+    points.sort(key=lambda p: (p[0].timestamp(), p[1]))
+    return [(t, level) for t, _, level in points if _ts(t) < _ts(end)]
 
 
 def sensor_periods(
@@ -115,7 +128,7 @@ def sensor_periods(
     for p in program.active_periods:
         a = resolve(*parse_bound(p.start), night, sun, tz, start, end)
         b = resolve(*parse_bound(p.end), night, sun, tz, start, end)
-        if a is not None and b is not None and a < b:
+        if a is not None and b is not None and _ts(a) < _ts(b):
             out.append((a, b))
     return out
 
@@ -132,15 +145,17 @@ class ZonePlan:
     baseline_wh: float = 0.0
 
     def level_at(self, when: datetime) -> int:
+        now = when.timestamp()
         level = 0
         for t, lv in self.steps:
-            if t > when:
+            if t.timestamp() > now:
                 break
             level = lv
         return level
 
     def sensor_active(self, when: datetime) -> bool:
-        return any(a <= when < b for a, b in self.sensor_periods)
+        now = when.timestamp()
+        return any(a.timestamp() <= now < b.timestamp() for a, b in self.sensor_periods)
 
 
 @dataclass(slots=True)
@@ -194,7 +209,7 @@ def plan_zone(cfg: LightingConfig, name: str, night: date, sun: NightSun) -> Zon
     steps: list[tuple[datetime, int]] = [(start, 0)]
     for t, level in raw:
         level = clamp(zone, level)
-        if t == steps[-1][0]:
+        if _ts(t) == _ts(steps[-1][0]):
             steps[-1] = (t, level)  # two points at one moment: the later-listed wins
         elif level != steps[-1][1]:
             steps.append((t, level))
@@ -212,7 +227,7 @@ def default_steps(
     on, off = dark_span(sun, start, end)
     if on is None or off is None:
         return []
-    return [(on, zone.default_level), (off, 0)]
+    return [(on, zone.default_level)] + ([(off, 0)] if _ts(off) < _ts(end) else [])
 
 
 def dark_span(
@@ -251,7 +266,7 @@ def energy_wh(zone: Zone, steps: list[tuple[datetime, int]], end: datetime) -> f
     total = 0.0
     for i, (t, level) in enumerate(steps):
         t_next = steps[i + 1][0] if i + 1 < len(steps) else end
-        seconds = (t_next - t).total_seconds()
+        seconds = t_next.timestamp() - t.timestamp()
         prev = steps[i - 1][1] if i else level
         ramp = min(zone.ramp_up if level > prev else zone.ramp_down, seconds)
         if ramp > 0 and level != prev:
@@ -269,5 +284,5 @@ def baseline_wh(zone: Zone, sun: NightSun, start: datetime, end: datetime) -> fl
     on, off = dark_span(sun, start, end)
     if on is None or off is None:
         return 0.0
-    hours = (off - on).total_seconds() / 3600.0
+    hours = (off.timestamp() - on.timestamp()) / 3600.0
     return hours * zone.rated_power * zone.size
