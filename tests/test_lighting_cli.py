@@ -191,7 +191,16 @@ def test_broken_config_prints_its_dotted_paths_and_exits_2(tmp_path: Path) -> No
     assert run.returncode == 2
     assert run.stdout == ""
     paths = re.findall(r"(?m)^  ([\w.\[\]-]+): ", run.stderr)
-    assert {"gateway.id", "uplink.url", "lighting.latitude"} <= set(paths), run.stderr
+    assert {"gateway.id", "lighting.latitude"} <= set(paths), run.stderr
+    # The uplink is not the plan's business: its problems do not stop an installer.
+    assert "uplink.url" not in paths
+
+
+def test_plan_needs_no_broker_certificates(tmp_path: Path) -> None:
+    """The shipped example names /etc/passerelle certificates absent from a laptop."""
+    run = plan("--config", str(EXAMPLE), "--date", "2026-12-21", "--json")
+    assert run.returncode == 0, run.stderr
+    assert set(json.loads(run.stdout)["zones"]) == {"grande-rue", "place-mairie", "chemin-stade"}
 
 
 def test_toml_syntax_error_and_missing_file_exit_2(tmp_path: Path) -> None:
