@@ -127,6 +127,7 @@ class LightingEngine:
         clock: Callable[[], float | None] = time.time,
         state_path: str | os.PathLike[str] | None = None,
         multicast_settle: float | None = None,
+        gate_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
         self.emit = emit
@@ -136,6 +137,7 @@ class LightingEngine:
         self.tz = cfg.tz
         self.state_path = Path(state_path) if state_path is not None else None
         self.multicast_settle = cfg.reply_window if multicast_settle is None else multicast_settle
+        self.gate_clock = gate_clock  # the duty-cycle gate's clock, for command deadlines
         self.zones = {name: ZoneState() for name in cfg.zones}
         self.luminaires: dict[str, Luminaire] = {}
         for zname, zone in cfg.zones.items():
@@ -523,8 +525,9 @@ class LightingEngine:
         return True
 
     def _deadline(self) -> float:
-        # The gate's clock is the wall clock: a command may wait for airtime up to a tick.
-        return time.time() + self.cfg.tick
+        # On the gate's (monotonic) clock: a command may wait for airtime up to one tick,
+        # after which the next step decides again rather than sending a stale level.
+        return self.gate_clock() + self.cfg.tick
 
     def _follow_up(self) -> None:
         """Resend to luminaires whose STATUS has not confirmed; alarm after ``retries``."""
