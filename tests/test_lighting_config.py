@@ -184,7 +184,7 @@ CASES: list[tuple[str, Mutation, list[tuple[str, str]]]] = [
     ),
     (
         "unknown neighbouring zone",
-        lambda d: sensor0(d).update(also=["stade", "place"]),
+        lambda d: sensor0(d).update(also=["grande-rue", "place"]),
         [("lighting.presence_sensors[0].also[1]", "unknown zone 'place'")],
     ),
     (

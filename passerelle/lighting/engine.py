@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 DEVICE = "lighting"  # the SenML device of the engine's own measurements
 _STATUS_NAMES = {"ack_seq", "level", "lamp_failure", "driver_failure", "local_program", "energy"}
+# s between unicast commands: the gateway is half duplex, and a controller answers a
+# unicast at once; the next command sent during that answer would make it unheard.
+UNICAST_GAP = 0.5
 SAVE_EVERY = 300.0  # s of wall clock between state saves (flash wear), plus on every override
 
 
@@ -128,6 +131,7 @@ class LightingEngine:
         state_path: str | os.PathLike[str] | None = None,
         multicast_settle: float | None = None,
         gate_clock: Callable[[], float] = time.monotonic,
+        unicast_gap: float = UNICAST_GAP,
     ) -> None:
         self.cfg = cfg
         self.emit = emit
@@ -138,6 +142,8 @@ class LightingEngine:
         self.state_path = Path(state_path) if state_path is not None else None
         self.multicast_settle = cfg.reply_window if multicast_settle is None else multicast_settle
         self.gate_clock = gate_clock  # the duty-cycle gate's clock, for command deadlines
+        self.unicast_gap = unicast_gap
+        self._unicast_lock = asyncio.Lock()
         self.zones = {name: ZoneState() for name in cfg.zones}
         self.luminaires: dict[str, Luminaire] = {}
         for zname, zone in cfg.zones.items():
@@ -228,7 +234,8 @@ class LightingEngine:
             lum.confirmed = level
         # Confirmed when the feedback shows the level commanded: the answer to a later
         # SET_PROGRAM or STATUS_REQ carries another seq but says the same thing.
-        if lum.wait > 0 and lum.sent is not None and level == lum.sent:
+        # A late answer (after the alarm) also counts: it clears the alarm.
+        if (lum.wait > 0 or lum.silent) and lum.sent is not None and level == lum.sent:
             lum.attempts = 0
             lum.wait = 0.0
             if lum.silent:
@@ -274,7 +281,7 @@ class LightingEngine:
             amb = self.cfg.ambient
             dark = self.lux is None or amb is None or self.lux < amb.off_above
             for name, zone in self.cfg.zones.items():
-                out[name] = (zone.default_level if dark else 0, "failsafe:clock")
+                out[name] = (clamp(zone, zone.default_level) if dark else 0, "failsafe:clock")
             return out
         local = datetime.fromtimestamp(now, self.tz)
         try:
@@ -297,7 +304,8 @@ class LightingEngine:
                 continue
             if plan is None:
                 dark = is_dark(self.cfg.latitude, self.cfg.longitude, local)
-                out[name] = (zone.default_level if dark or storm else 0, "failsafe:schedule")
+                safe = clamp(zone, zone.default_level)
+                out[name] = (safe if dark or storm else 0, "failsafe:schedule")
                 continue
             zp = plan.zones[name]
             level, cause = zp.level_at(local), zp.source
@@ -309,16 +317,22 @@ class LightingEngine:
         return out
 
     def _storm(self, now: float, local: datetime) -> bool:
-        """A dark daytime: the light sensor reads night while the sun is up."""
+        """A dark daytime: the light sensor reads night while the sun is up.
+
+        On under ``on_below``; held while the light stays under ``off_above``
+        (hysteresis); once brighter, released ``hold`` seconds after the last dark reading
+        so a passing cloud does not flicker the street.
+        """
         amb = self.cfg.ambient
         if amb is None or self.lux is None:
             return False
+        active = self._storm_until > now
         if self.lux < amb.on_below and not is_dark(self.cfg.latitude, self.cfg.longitude, local):
-            if self._storm_until <= now:
+            if not active:
                 self.counts["ambient_forced_on"] += 1
             self._storm_until = now + amb.hold
-        elif self.lux > amb.off_above and self._storm_until > now:
-            self._storm_until = min(self._storm_until, now)  # bright again: release after hold
+        elif active and self.lux <= amb.off_above:
+            self._storm_until = max(self._storm_until, now + amb.hold)
         return self._storm_until > now
 
     def targets(self, now: float | None) -> dict[str, int]:
@@ -404,6 +418,8 @@ class LightingEngine:
         for zname, zone in self.cfg.zones.items():
             if not zone.luminaires or self.zones[zname].program_sent == key:
                 continue
+            if zone.relay is not None and self.zones[zname].relay_on is False:
+                continue  # unpowered behind the open contactor: sent once it closes
             points = self.local_program(zname)
             if points is None:
                 continue
@@ -501,8 +517,11 @@ class LightingEngine:
         self._mark(lum, lum.target, seq, self.cfg.confirm_timeout,
                    lum.attempts + 1 if retry else 1)
         try:
-            result = await self.downlinks.send(
-                lum.name, COMMAND_FPORT, payload, deadline=self._deadline())
+            async with self._unicast_lock:
+                result = await self.downlinks.send(
+                    lum.name, COMMAND_FPORT, payload, deadline=self._deadline())
+                if getattr(result, "ok", False):
+                    await asyncio.sleep(self.unicast_gap)
         finally:
             lum.in_flight = False
         if self._refused(result, lum.name, [lum]):

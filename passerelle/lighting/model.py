@@ -313,6 +313,9 @@ def check(
         if zone.get("floor", 0) > zone.get("max", 100):
             errors.append((f"{where}.floor", "above max"))
         default = zone.get("default_level", 100)
+        if 0 < default < zone.get("floor", 0):
+            errors.append((f"{where}.default_level", "under the zone's floor: the safe level "
+                                                      "must be a lit level the zone allows"))
         if default == 0:
             errors.append((f"{where}.default_level", "the safe default must be lit (> 0): it is "
                                                       "what the street gets when the schedule "
@@ -341,6 +344,9 @@ def check(
         for j, other in enumerate(s.get("also") or ()):
             if other not in zones:
                 errors.append((f"{where}.also[{j}]", _unknown("zone", other, zones)))
+            elif zones[other].get("presence") is None:
+                errors.append((f"{where}.also[{j}]", f"zone {other!r} has no [presence] "
+                                                     "settings (boost, hold)"))
     amb = c.get("ambient")
     if isinstance(amb, dict) and amb.get("on_below", 20.0) >= amb.get("off_above", 50.0):
         errors.append((f"{path}.ambient.off_above", "must be above on_below (hysteresis)"))

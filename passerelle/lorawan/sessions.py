@@ -71,7 +71,8 @@ class SessionStore:
         self._cache: dict[str, Session] = {}
         # DevAddr -> DevEUIs: every uplink looks its session up by address (no scan).
         self._by_addr: dict[int, set[str]] = {}
-        self._lock = threading.Lock()
+        # Reentrant: a read-modify-write (take_fcnt_down) holds it around _put.
+        self._lock = threading.RLock()
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -142,9 +143,13 @@ class SessionStore:
 
     def take_fcnt_down(self, dev_eui: str) -> int:
         """The downlink counter to use now; the next one is committed before returning."""
-        s = self._require(dev_eui)
-        self._put(replace(s, fcnt_down=s.fcnt_down + 1))
-        return s.fcnt_down
+        # Under the lock: two downlinks taken at once from two threads (a level and a
+        # program to one group) must not both get the same counter, which every device
+        # would drop as a replay.
+        with self._lock:
+            s = self._require(dev_eui)
+            self._put(replace(s, fcnt_down=s.fcnt_down + 1))
+            return s.fcnt_down
 
     def forget(self, dev_eui: str) -> None:
         with self._lock:
