@@ -141,7 +141,7 @@ def settled(engine: LightingEngine) -> bool:
 
 N = 100
 NAMES = [f"lum-{i:03d}" for i in range(1, N + 1)]
-REPLY_WINDOW = 6.0  # s: the controllers spread their answers to a multicast over this
+REPLY_WINDOW = 10.0  # s: the controllers spread their answers to a multicast over this
 # s: then the engine re-asks by unicast. Longer than a controller may need to answer: its
 # uplinks are 2 s apart (each waits for its RX1 and RX2 windows), so an answer can queue.
 CONFIRM_TIMEOUT = 2.5
@@ -640,10 +640,11 @@ class TimedGate:
 
 
 @pytest.mark.xfail(
-    strict=False,
-    reason="intermittent (2 runs in 3 pass): NetworkServer._class_c reserves the airtime in "
-    "the gate, then queues for the transmitter; behind other class C frames a frame may go "
-    "on air after the slot the gate charged (open, see the issue 5 notes)",
+    strict=True,
+    reason="BUG (passerelle/lorawan/server.py): NetworkServer._class_c reserves the airtime "
+    "in the gate, then queues for the transmitter (_tx_lock); twelve frames asked at once "
+    "(six zones at dusk) go on air up to 2.1 s after the slot the gate charged, beyond its "
+    "0.5 s start_slack (deterministic with this scenario: 5 runs in 5)",
 )
 async def test_frames_go_on_air_in_the_slot_the_gate_charged(tmp_path: Path) -> None:
     # Six zones with a multicast group each switch on together at dusk: twelve frames (a

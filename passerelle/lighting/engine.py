@@ -397,10 +397,13 @@ class LightingEngine:
             if not changed or self.downlinks is None:
                 continue
             level = changed[0].target
-            whole = (zone.multicast is not None and len(changed) == len(zone.luminaires)
-                     and all(lm.target == level for lm in changed))
+            # The whole zone moving together is one multicast, even if some members still
+            # have a unicast queued (those return unsent once they get their turn).
+            members = [self.luminaires[n] for n in zone.luminaires]
+            whole = (zone.multicast is not None
+                     and all(lm.target == level and lm.sent != level for lm in members))
             if whole:
-                self._spawn(self._multicast(zname, zone, changed, level))
+                self._spawn(self._multicast(zname, zone, members, level))
             else:
                 for lum in changed:
                     self._spawn(self._unicast(lum, zone))
@@ -512,12 +515,16 @@ class LightingEngine:
 
     async def _unicast(self, lum: Luminaire, zone: Zone, *, retry: bool = False) -> None:
         assert self.downlinks is not None
-        seq = self._next_seq()
-        payload = encode_set_level(seq, lum.target, self._ramp(zone, lum))
-        self._mark(lum, lum.target, seq, self.cfg.confirm_timeout,
-                   lum.attempts + 1 if retry else 1)
+        lum.in_flight = True
         try:
             async with self._unicast_lock:
+                if not retry and lum.sent == lum.target:
+                    return  # a multicast covered it while it waited its turn
+                # Marked only now: the confirmation clock must not run while it queues.
+                seq = self._next_seq()
+                payload = encode_set_level(seq, lum.target, self._ramp(zone, lum))
+                self._mark(lum, lum.target, seq, self.cfg.confirm_timeout,
+                           lum.attempts + 1 if retry else 1)
                 result = await self.downlinks.send(
                     lum.name, COMMAND_FPORT, payload, deadline=self._deadline())
                 if getattr(result, "ok", False):
