@@ -105,8 +105,11 @@ def system_clock_trusted() -> bool:
         import ctypes
 
         class Timex(ctypes.Structure):
-            _fields_ = [("modes", ctypes.c_uint), ("pad", ctypes.c_long * 3),
-                        ("status", ctypes.c_int), ("rest", ctypes.c_long * 40)]
+            # <linux/timex.h>: modes, then offset, freq, maxerror, esterror, then status.
+            _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long),
+                        ("freq", ctypes.c_long), ("maxerror", ctypes.c_long),
+                        ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+                        ("rest", ctypes.c_long * 40)]
 
         libc = ctypes.CDLL(None, use_errno=True)
         tx = Timex()
