@@ -64,7 +64,18 @@ def uplink_settings(cfg: Config) -> UplinkSettings:
 class Agent:
     """One gateway agent. ``await Agent(cfg).run()`` until ``stop()`` or SIGTERM."""
 
-    def __init__(self, cfg: Config, *, notifier: SystemdNotifier | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        notifier: SystemdNotifier | None = None,
+        config_path: str | os.PathLike[str] | None = None,
+        vault: Any = None,
+        resume: Any = None,
+    ) -> None:
+        """``config_path``: the file ``cfg`` was read from; with operator keys in
+        ``[control]`` it enables signed remote configuration (written to that file) and
+        commands. ``vault``/``resume``: from :meth:`ConfigVault.recover_at_boot` at start."""
         self.cfg = cfg
         self.notifier = notifier or SystemdNotifier()
         self.started = time.time()
@@ -101,8 +112,15 @@ class Agent:
             uplink_settings(cfg), self.store, health=self.health,
             budget=self.sobriety.budget, record_filter=self._stream_ttl if has_ttl else None,
         )
+        self.control = None
+        if cfg.control.operator_keys and config_path is not None:
+            self.control = self._build_control(Path(config_path), vault, resume)
         self._ttl_cache: dict[tuple[str, str], float | None] = {}
         self._stop = asyncio.Event()
+        self.restart_requested: str | None = None  # why, when the agent must start again
+        self._tg: asyncio.TaskGroup | None = None
+        self._lighting_task: asyncio.Task[None] | None = None
+        self._others: list[asyncio.Task[Any]] = []
         self._alarms: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -134,6 +152,92 @@ class Agent:
             state_path=Path(self.cfg.gateway.data_dir) / "lighting.json",
         )
 
+    def _build_control(self, config_path: Path, vault: Any, resume: Any) -> Any:
+        from .control.applier import RemoteControl
+        from .control.commands import register_builtins
+        from .control.vault import ConfigVault
+
+        if vault is None:
+            vault = ConfigVault(config_path, Path(self.cfg.gateway.data_dir) / "control",
+                                keep=self.cfg.control.keep_versions,
+                                gateway_id=self.cfg.gateway.id)
+        control = RemoteControl(self, self.uplink, vault, config_path, resume=resume)
+        register_builtins(control, self)
+        self.uplink.on_message = control.on_message
+        self.uplink.subscriptions = control.subscriptions
+        return control
+
+    # -- remote configuration (passerelle.control) -------------------------------------------
+
+    def apply_live(self, old: Config, new: Config, changed: set[str]) -> None:
+        """Apply the sections that change without a restart; nothing else is touched."""
+        if "log" in changed:
+            from .logs import setup_logging
+
+            setup_logging(new.log.level, new.log.format, new.log.burst, new.log.per)
+        if "uplink" in changed:
+            self.uplink.reconfigure(uplink_settings(new))
+        elif "control" in changed and old.control.groups != new.control.groups:
+            self.uplink.reconfigure(self.uplink.s)  # subscribe to the new groups' topics
+        self.cfg = new
+        if "lighting" in changed:
+            self._replace_lighting()
+
+    def _replace_lighting(self) -> None:
+        if self._lighting_task is not None:
+            # Its run() saves the state (overrides) as it ends; the controllers hold their
+            # levels meanwhile.
+            self._lighting_task.cancel()
+            self._lighting_task = None
+        self.lighting = self._build_lighting() if self.cfg.lighting is not None else None
+        if self.lighting is not None and self._tg is not None:
+            self._lighting_task = self._tg.create_task(
+                self._supervise("lighting", self.lighting.run))
+            self._others.append(self._lighting_task)
+
+    def health_marks(self) -> dict[str, Any]:
+        return {"connects": self.uplink.stats.connects, "restarts": dict(self.restarts),
+                "uplink": self.uplink.s}
+
+    def health_problem(self, marks: dict[str, Any]) -> str | None:
+        """Why the configuration now running is not healthy, or None.
+
+        The link must be up, and up again since the change when the broker settings
+        changed; no part may have crashed since the change."""
+        up = self.uplink.stats
+        if up.link != "up":
+            return f"uplink not connected: {up.last_error or up.link}"
+        if self.uplink.s != marks["uplink"] and up.connects <= marks["connects"]:
+            return "uplink has not reconnected with the new settings"
+        for name, n in self.restarts.items():
+            if n > marks["restarts"].get(name, 0):
+                return f"{name} crashed since the change"
+        if self.lighting is not None and self.lighting.health().get("plan_error"):
+            return f"lighting: {self.lighting.health()['plan_error']}"
+        return None
+
+    def request_restart(self, why: str) -> None:
+        """Stop cleanly; ``passerelle run`` then starts the agent again (same process)."""
+        log.warning("restart: %s", why, extra={"cause": "agent.restart"})
+        self.restart_requested = why
+        self.stop()
+
+    def flush_store(self) -> int:
+        """Deliver now: seal open batches, drain without the rate cap until empty."""
+        depth = self.store.stats().depth
+        self.uplink.flush(True)
+        loop = asyncio.get_running_loop()
+        loop.create_task(self.store.seal())
+
+        def check() -> None:
+            if self.store.stats().depth == 0 or self._stop.is_set():
+                self.uplink.flush(False)
+            else:
+                loop.call_later(1.0, check)
+
+        loop.call_later(1.0, check)
+        return depth
+
     # -- health ---------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
@@ -163,6 +267,7 @@ class Agent:
             **({"lorawan": self.lorawan.health()} if self.lorawan is not None else {}),
             **({"policy": self.sobriety.stats()} if self._policy_active else {}),
             **({"lighting": self.lighting.health()} if self.lighting is not None else {}),
+            **({"config": self.control.status()} if self.control is not None else {}),
             **({"sources": buses} if (buses := self._source_stats()) else {}),
         }
 
@@ -209,14 +314,20 @@ class Agent:
                     tg.create_task(self._supervise("lorawan", self.lorawan.run))
                 )
             uplink_task = tg.create_task(self._supervise("uplink", self.uplink.run))
-            others = [
+            self._tg = tg
+            others = self._others
+            others += [
                 tg.create_task(self._supervise("alarms", self._alarm_loop)),
                 tg.create_task(self._supervise("housekeeping", self._housekeeping)),
             ]
             if self._policy_active:
                 others.append(tg.create_task(self._supervise("policy", self._policy_loop)))
             if self.lighting is not None:
-                others.append(tg.create_task(self._supervise("lighting", self.lighting.run)))
+                self._lighting_task = tg.create_task(
+                    self._supervise("lighting", self.lighting.run))
+                others.append(self._lighting_task)
+            if self.control is not None:
+                others.append(tg.create_task(self._supervise("control", self.control.run)))
             if self.notifier.watchdog_interval():
                 others.append(tg.create_task(run_watchdog(self.notifier, self.store.healthy)))
             self.notifier.ready()

@@ -56,6 +56,7 @@ from .sources import SCHEDULED_TYPES
 __all__ = [
     "DEFAULT_PATH",
     "Config",
+    "ControlConfig",
     "ConfigError",
     "CounterSourceConfig",
     "EnvSourceConfig",
@@ -119,6 +120,19 @@ class StoreConfig(Section, frozen=True):
     hold: Annotated[float, Meta(ge=0, le=3600)] = 0.0
 
 
+class ControlConfig(Section, frozen=True):
+    """Remote configuration and commands, signed by an operator (COSE_Sign1, Ed25519).
+
+    No operator key: remote control is off (nothing is subscribed), the local file rules.
+    """
+
+    operator_keys: list[FilePath] = msgspec.field(default_factory=list)  # PEM Ed25519 public
+    groups: list[GatewayId] = msgspec.field(default_factory=list)  # fleets this gateway is in
+    keep_versions: Annotated[int, Meta(ge=1, le=100)] = 5
+    # s a new configuration must run well (uplink connected, sources polling) to commit.
+    health_window: Annotated[float, Meta(ge=1, le=3600)] = 30.0
+
+
 class LogConfig(Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -162,6 +176,7 @@ class Config(Section, frozen=True):
     lorawan: LorawanConfig = msgspec.field(default_factory=LorawanConfig)
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
     lighting: LightingConfig | None = None
+    control: ControlConfig = msgspec.field(default_factory=ControlConfig)
 
 
 Errors = list[tuple[str, str]]  # (dotted path, reason)
@@ -474,6 +489,31 @@ def _check_semantics(c: dict[str, Any], base_dir: Path, errors: Errors) -> None:
     light = c.get("lighting")
     if isinstance(light, dict):
         lighting_model.check(light, "lighting", errors, _lighting_known(c))
+
+    ctl = c.get("control")
+    if isinstance(ctl, dict):
+        _check_control(ctl, base_dir, errors)
+
+
+def _check_control(ctl: dict[str, Any], base_dir: Path, errors: Errors) -> None:
+    """Operator keys must be readable Ed25519 public keys: a gateway that trusts nobody by
+    mistake would silently refuse every push."""
+    from .control.keys import KeyFileError, load_public_key
+
+    keys = ctl.get("operator_keys")
+    if not isinstance(keys, list):
+        return
+    for i, key in enumerate(keys):
+        if not isinstance(key, str):
+            continue
+        keys[i] = path = os.path.normpath(base_dir / key)
+        try:
+            load_public_key(path)
+        except KeyFileError as e:
+            errors.append((f"control.operator_keys[{i}]", str(e)))
+    groups = ctl.get("groups")
+    if isinstance(groups, list) and len(set(groups)) != len(groups):
+        errors.append(("control.groups", "a group is listed twice"))
 
 
 def _lighting_known(c: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,9 @@ topic          QoS     retain   payload
 ``state``      1       yes      JSON health object; the last will sets ``online: false``
 =============  ======  =======  ==========================================================
 
+Other parts publish through :meth:`Uplink.publish` (the control's acks) and receive what
+they subscribed to through ``on_message`` (signed configuration and commands).
+
 Delivery is at least once: a batch leaves the store only when its pack got a PUBACK with a
 success reason code. The store fixes each batch's records before it is first sent (see
 :mod:`passerelle.store.segments`), so a pack resent after a reconnect or a restart carries
@@ -34,7 +37,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -109,6 +112,14 @@ class _SessionEnd(Exception):
     """Raised inside the session's task group to end it on stop()."""
 
 
+class _Reconnect(Exception):
+    """Raised inside the session's task group to connect again with new settings."""
+
+
+class NotConnected(Exception):
+    """:meth:`Uplink.publish` while the link is down: the caller keeps its message."""
+
+
 class TokenBucket:
     """Caps the drain rate: ``rate`` records a second, bursts of up to ``burst``."""
 
@@ -142,7 +153,9 @@ class Uplink:
     """Owns the MQTT connection. ``await uplink.run()`` until cancelled.
 
     health: returns the JSON-able health object published on ``state``.
-    on_message: called with each message received on subscribed topics (later: config).
+    on_message: called with each message received on ``subscriptions`` (full topic
+    filters, or a callable returning them, read at each connection). It must return
+    quickly: messages are handled one at a time.
     """
 
     def __init__(
@@ -152,7 +165,7 @@ class Uplink:
         *,
         health: Callable[[], dict[str, Any]] = dict,
         on_message: Callable[[aiomqtt.Message], Awaitable[None]] | None = None,
-        subscriptions: tuple[str, ...] = (),
+        subscriptions: tuple[str, ...] | Callable[[], Sequence[str]] = (),
         budget: Budget | None = None,
         record_filter: RecordFilter | None = None,
         wall: Callable[[], float] = time.time,
@@ -167,6 +180,8 @@ class Uplink:
         self.bucket = TokenBucket(settings.max_rate, max(settings.max_rate, settings.batch_records))
         self._base_name = partial(senml.device_base_name, settings.gateway_id)
         self._stopping = asyncio.Event()
+        self._reconnect = asyncio.Event()
+        self.connected = asyncio.Event()  # set while a session is up
         self._client: AckedClient | None = None
         self.budget = budget
         self.record_filter = record_filter
@@ -181,6 +196,7 @@ class Uplink:
         backoff = self.s.backoff_initial
         while not self._stopping.is_set():
             self.stats.link = "connecting"
+            self._reconnect.clear()  # these settings are the ones used now
             try:
                 async with self._connect() as client:
                     self._client = client
@@ -194,6 +210,10 @@ class Uplink:
                     await self._session(client)
             except* _SessionEnd:
                 pass  # stop() ended the session: leaving the block sends DISCONNECT
+            except* _Reconnect:
+                self.stats.link = "down"
+                log.info("reconnecting with new settings", extra={"cause": "uplink.reconfigure"})
+                backoff = 0.0  # at once: nothing went wrong
             except* aiomqtt.MqttError as group:
                 self._lost(str(group.exceptions[0]))
             except* (OSError, ssl.SSLError) as group:
@@ -201,17 +221,31 @@ class Uplink:
                 self._lost(f"{type(err).__name__}: {err}")
             finally:
                 self._client = None
+                self.connected.clear()
                 self.store.release()
             if self._stopping.is_set():
                 break
+            if backoff == 0.0:
+                backoff = self.s.backoff_initial
+                continue
             # Full jitter: a fleet that lost the broker together does not come back together.
             delay = random.uniform(0, backoff)
             backoff = min(self.s.backoff_max, backoff * 2)
             try:
-                await asyncio.wait_for(self._stopping.wait(), delay)
+                await asyncio.wait_for(self._until_either(), delay)
             except TimeoutError:
                 pass
         self.stats.link = "down"
+
+    async def _until_either(self) -> None:
+        """Until stop() or reconfigure()."""
+        stop = asyncio.ensure_future(self._stopping.wait())
+        again = asyncio.ensure_future(self._reconnect.wait())
+        try:
+            await asyncio.wait((stop, again), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            again.cancel()
 
     def _lost(self, why: str) -> None:
         self.stats.link = "down"
@@ -248,9 +282,11 @@ class Uplink:
         )
 
     async def _session(self, client: AckedClient) -> None:
-        for topic in self.subscriptions:
-            await client.subscribe(self.prefix + topic, qos=1)
+        subs = self.subscriptions() if callable(self.subscriptions) else self.subscriptions
+        for topic in subs:
+            await client.subscribe(topic, qos=1)
         await self.publish_state(client)
+        self.connected.set()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._receive(client))
             tg.create_task(self._state_loop(client))
@@ -258,8 +294,9 @@ class Uplink:
             tg.create_task(self._until_stopped())
 
     async def _until_stopped(self) -> None:
-        await self._stopping.wait()
-        raise _SessionEnd
+        await self._until_either()
+        raise _SessionEnd if self._stopping.is_set() else _Reconnect
+
     async def _receive(self, client: AckedClient) -> None:
         # Iterating the messages also surfaces a lost connection as MqttError.
         async for message in client.messages:
@@ -276,6 +313,30 @@ class Uplink:
         await client.publish_acked(
             self.prefix + "state", json.dumps(state, separators=(",", ":")).encode(), retain=True
         )
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> None:
+        """Publish at QoS 1 now and wait for the broker's PUBACK; :class:`NotConnected`
+        while the link is down (the caller keeps what it wanted to say)."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            raise NotConnected(topic)
+        await client.publish_acked(topic, payload, retain=retain, properties=properties)
+
+    def reconfigure(self, settings: UplinkSettings) -> None:
+        """New broker, certificate or credentials: end the session and connect with them.
+
+        The store, the drain position and the stats carry over: nothing queued is lost."""
+        self.s = settings
+        self.prefix = f"passerelle/{settings.gateway_id}/"
+        self.bucket.rate = settings.max_rate
+        self._reconnect.set()
 
     async def stop(self) -> None:
         """Say goodbye on ``state`` (so the will is not needed), then end :meth:`run`."""

@@ -1,0 +1,1 @@
+"""Remote control: signed configuration bundles and commands, operator keys, the apply pipeline."""
