@@ -25,7 +25,6 @@ import datetime as dt
 import json
 import os
 import pwd
-import secrets
 import socket
 import ssl
 import sys
@@ -41,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import config as config_mod
+from .control.vault import write_atomic
 
 __all__ = ["DEFAULT_DIR", "Check", "Report", "main", "provision"]
 
@@ -407,21 +407,8 @@ def _write_public(path: Path, data: bytes) -> None:
 
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write beside, fsync, rename: a power cut leaves the old file or the new, never half."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
+    """A power cut leaves the old file or the new, never half (the vault's atomic write)."""
+    write_atomic(path, data, mode)
 
 
 def _set_aside_stale_cert(path: Path, key: ec.EllipticCurvePrivateKey) -> Path | None:
