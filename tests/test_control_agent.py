@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import time
 import tomllib
 from collections.abc import Callable
@@ -42,8 +44,8 @@ class Operator:
     """An operator's key and a way to push what it signs, answers collected."""
 
     def __init__(self, tmp: Path) -> None:
-        priv, self.pub, self.kid = generate_keypair(tmp / "ops-2026")
-        self.key = load_private_key(priv)
+        self.priv, self.pub, self.kid = generate_keypair(tmp / "ops-2026")
+        self.key = load_private_key(self.priv)
         other, _, _ = generate_keypair(tmp / "stranger")
         self.stranger = load_private_key(other)
 
@@ -190,6 +192,7 @@ async def test_lighting_change_commits_without_touching_the_uplink(
             engine = agent.lighting
             new = json.loads(json.dumps(doc))
             new["lighting"]["programs"]["steady"]["fixed_time_controls"][0]["level"] = 55
+            new["gateway"]["id"] = "cab-template"  # a group's bundle carries no identity
             # Through the group topic this time.
             await push(sub.client, "passerelle/group/commune-41/config/set",
                        sign_config(new, op.key, version=2, group="commune-41"), b"l")
@@ -202,6 +205,7 @@ async def test_lighting_change_commits_without_touching_the_uplink(
             assert agent.lighting is not engine and agent.lighting is not None
             assert agent.lighting.cfg.programs["steady"].fixed_time_controls[0].level == 55
             on_disk = tomllib.loads(path.read_text())
+            assert on_disk["gateway"]["id"] == GATEWAY_ID
             assert on_disk["lighting"]["programs"]["steady"]["fixed_time_controls"][0][
                 "level"] == 55
     finally:
@@ -278,6 +282,55 @@ async def test_commands_run_once_before_their_expiry(
             unknown = await run("format-disk", {}, b"fmt")
             assert (unknown["status"], unknown["reason"]) == ("rejected", "unknown_command")
             assert len(answers(sub, PREFIX + "cmd/ack")) >= 8
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+
+
+async def ctl(*argv: str) -> tuple[int, str]:
+    """``passerelle ctl ...`` as the operator runs it: a process of its own."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "passerelle", "ctl", *argv, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_ctl_sign_push_wait_and_status_end_to_end(
+    tmp_path: Path, broker: Mosquitto, pki: Pki, op: Operator,
+) -> None:
+    doc = document(tmp_path, broker, pki, op)
+    agent, task, path = await start_agent(tmp_path, doc)
+    tls = ["--broker", f"mqtts://localhost:{broker.tls_port}", "--ca", str(pki.ca_cert),
+           "--cert", str(pki.client_cert), "--key", str(pki.client_key)]
+    try:
+        new = json.loads(json.dumps(doc))
+        new["lighting"]["programs"]["steady"]["fixed_time_controls"][0]["level"] = 45
+        (tmp_path / "v2.toml").write_text(tomli_w.dumps(new))
+        rc, out = await ctl("sign", str(tmp_path / "v2.toml"), "--key", str(op.priv),
+                            "--version", "2", "--target", GATEWAY_ID,
+                            "--out", str(tmp_path / "v2.cose"))
+        assert rc == 0, out
+        rc, out = await ctl("push", str(tmp_path / "v2.cose"), *tls, "--gateway", GATEWAY_ID,
+                            "--wait", "--timeout", "30")
+        assert rc == 0, out
+        assert "applied" in out, out
+        assert agent.lighting is not None
+        assert agent.lighting.cfg.programs["steady"].fixed_time_controls[0].level == 45
+        # Pushed again after v2: an older version is refused, and the exit status says so.
+        rc, out = await ctl("sign", str(tmp_path / "v2.toml"), "--key", str(op.priv),
+                            "--version", "1", "--target", GATEWAY_ID,
+                            "--out", str(tmp_path / "v1.cose"))
+        assert rc == 0, out
+        rc, out = await ctl("push", str(tmp_path / "v1.cose"), *tls, "--gateway", GATEWAY_ID,
+                            "--wait", "--timeout", "30")
+        assert rc == 1, out
+        assert "stale_version" in out, out
+        rc, out = await ctl("status", *tls, "--gateway", GATEWAY_ID, "--json")
+        assert rc == 0, out
+        [state] = json.loads(out[out.index("["):])
+        assert state["config_version"] == 2, state
     finally:
         agent.stop()
         await asyncio.wait_for(task, 15)

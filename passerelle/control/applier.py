@@ -179,15 +179,22 @@ class RemoteControl:
                 reply)
             return
         old = self.host.cfg
+        document = signed.config
+        if signed.target is None:
+            # A group's (or the fleet's) configuration never carries an identity: each
+            # gateway keeps its own id, and writes it in the file it keeps.
+            gateway = document.get("gateway")
+            document = {**document, "gateway": {**(gateway if isinstance(gateway, dict)
+                                                   else {}), "id": self.gateway_id}}
         try:
-            new = self._validate(signed.config)
+            new = self._validate(document)
         except ConfigError as exc:
             errors = "; ".join(f"{w}: {why}" for w, why in exc.errors[:MAX_ERRORS_IN_ACK])
             more = len(exc.errors) - MAX_ERRORS_IN_ACK
             await self._reject(version, Rejected(
                 "schema_error", errors + (f" (and {more} more)" if more > 0 else "")), reply)
             return
-        toml_text = tomli_w.dumps(signed.config).encode()
+        toml_text = tomli_w.dumps(document).encode()
         self.vault.stage(version, toml_text, data)
         await self._ack("accepted", version, reply, None,
                         f"version {version} verified (key {signed.kid.hex()}), applying")
