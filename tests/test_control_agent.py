@@ -334,3 +334,48 @@ async def test_ctl_sign_push_wait_and_status_end_to_end(
     finally:
         agent.stop()
         await asyncio.wait_for(task, 15)
+
+
+async def test_a_new_uplink_certificate_reconnects_the_uplink_and_nothing_else(
+    tmp_path: Path, broker: Mosquitto, pki: Pki, op: Operator,
+    subscriber: Callable[..., Subscriber],
+) -> None:
+    doc = document(tmp_path, broker, pki, op)
+    agent, task, path = await start_agent(tmp_path, doc)
+    try:
+        async with subscriber("passerelle/#") as sub:
+            connects = agent.uplink.stats.connects
+            store, engine = agent.store, agent.lighting
+            renewed = pki.issue_client_cert(GATEWAY_ID, tmp_path / "renewed")
+            new = json.loads(json.dumps(doc))
+            new["uplink"]["cert_file"] = str(renewed.cert)
+            new["uplink"]["key_file"] = str(renewed.key)
+            await push(sub.client, PREFIX + "config/set", sign_config(new, op.key, version=2),
+                       b"cert")
+            ack = await final(sub, 2, timeout=30)
+            assert ack["status"] == "applied", ack
+            assert agent.uplink.stats.connects == connects + 1
+            assert agent.uplink.s.cert_file == str(renewed.cert)
+            assert agent.store is store and agent.lighting is engine
+            assert agent.restarts == {}
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+
+
+async def test_run_refuses_a_private_key_others_can_read(
+    tmp_path: Path, broker: Mosquitto, pki: Pki, op: Operator,
+) -> None:
+    doc = document(tmp_path, broker, pki, op)
+    leaked = tmp_path / "leaked.key"
+    leaked.write_bytes(Path(pki.client_key).read_bytes())
+    leaked.chmod(0o644)
+    doc["uplink"]["key_file"] = str(leaked)
+    path = tmp_path / "passerelle.toml"
+    path.write_text(tomli_w.dumps(doc))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "passerelle", "run", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2, out.decode()
+    assert "refusing to start" in out.decode() and str(leaked) in out.decode()
