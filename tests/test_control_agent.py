@@ -379,3 +379,23 @@ async def test_run_refuses_a_private_key_others_can_read(
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2, out.decode()
     assert "refusing to start" in out.decode() and str(leaked) in out.decode()
+
+
+async def test_a_command_replayed_after_a_restart_is_refused(
+    tmp_path: Path, broker: Mosquitto, pki: Pki, op: Operator,
+    subscriber: Callable[..., Subscriber],
+) -> None:
+    doc = document(tmp_path, broker, pki, op)
+    flush = sign_command("flush-store", {}, op.key, expires=int(time.time()) + 120)
+    for attempt, expected in ((b"first", "done"), (b"replay", "rejected")):
+        agent, task, _ = await start_agent(tmp_path, doc)
+        try:
+            async with subscriber(REPLY) as sub:
+                await push(sub.client, PREFIX + "cmd/flush-store", flush, attempt)
+                await sub.wait_for(1, timeout=10)
+                ack = json.loads(sub.messages[0].payload)
+                assert ack["status"] == expected, ack
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 15)
+    assert ack["reason"] == "replayed"

@@ -21,6 +21,7 @@ operator is an ack (see :mod:`passerelle.control.acks`), with a reason code and 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
@@ -34,7 +35,7 @@ from ..config import Config, ConfigError, parse
 from .acks import Acks, reply_to
 from .envelope import Rejected, Signed, open_envelope
 from .keys import Trust
-from .vault import ConfigVault
+from .vault import ConfigVault, write_atomic
 
 log = logging.getLogger("passerelle.control")
 
@@ -85,7 +86,10 @@ class RemoteControl:
         self.acks = Acks(link, vault, self.prefix, self.gateway_id)
         self.counts: Counter[str] = Counter()
         self.commands: dict[str, Command] = {}
-        self.seen_commands: dict[str, float] = {}  # id -> expiry: a command runs once
+        # id -> expiry: a command runs once, across restarts too (a replayed reboot-agent
+        # must not restart the agent again and again until it expires).
+        self._seen_path = vault.state_dir / "commands.json"
+        self.seen_commands: dict[str, float] = self._load_seen()
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._resume = resume  # a planned restart to finish: its health window runs first
@@ -154,6 +158,16 @@ class RemoteControl:
                 log.error("config apply failed: %s", exc, exc_info=exc,
                           extra={"cause": "control.crash"})
                 self.counts["errors"] += 1
+                text = f"{type(exc).__name__}: {exc}"
+                pending = self.vault.pending
+                if pending is None:
+                    await self._ack("rejected", None, reply, "error", text)
+                    return
+                # Half applied: the previous file back, and a clean start on it.
+                restored = self.vault.rollback(text)
+                await self._ack("rolled_back", pending.version, reply, "error",
+                                f"{text}; back on version {restored}")
+                self.host.request_restart(f"roll back to version {restored}")
 
     async def _apply(self, data: bytes, reply: dict[str, str]) -> None:
         try:
@@ -291,6 +305,24 @@ class RemoteControl:
 
     # -- commands --------------------------------------------------------------------------
 
+    def _load_seen(self) -> dict[str, float]:
+        try:
+            raw = json.loads(self._seen_path.read_text())
+            now = time.time()
+            return {str(i): float(e) for i, e in raw.items() if float(e) > now}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.error("%s unreadable (%s): command ids start afresh", self._seen_path, exc,
+                      extra={"cause": "control.seen"})
+            return {}
+
+    def _save_seen(self) -> None:
+        try:
+            write_atomic(self._seen_path, json.dumps(self.seen_commands).encode())
+        except OSError as exc:  # the command still runs; a replay after a restart could too
+            log.error("command ids not saved: %s", exc, extra={"cause": "control.seen"})
+
     def register(self, name: str, handler: Command) -> None:
         """The generic hook: other parts add commands (the lighting engine's override)."""
         self.commands[name] = handler
@@ -316,6 +348,7 @@ class RemoteControl:
                                f"no command {name!r} (known: {', '.join(sorted(self.commands))})")
             assert signed.id is not None and signed.expires is not None
             self.seen_commands[signed.id] = float(signed.expires)
+            self._save_seen()
         except Rejected as r:
             self.counts[f"command_rejected.{r.reason}"] += 1
             log.warning("command %s rejected (%s): %s", name, r.reason, r.text,
