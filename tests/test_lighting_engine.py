@@ -893,3 +893,24 @@ def test_lit_luminaires_stay_within_floor_and_max(
             for lum in zone.luminaires:
                 lv = targets[lum]
                 assert lv == 0 or zone.floor <= lv <= zone.max, (lum, lv, zone)
+
+
+async def test_a_silent_luminaire_is_still_asked_at_a_slow_pace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import passerelle.lighting.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "SILENT_SLOWDOWN", 2)
+    r = rig(lighting(retries=0, confirm_timeout=1), multicast_settle=0.0)
+    await r.step(night_at("23:30"))
+    await asyncio.sleep(1.05)
+    await r.step(night_at("23:31"))  # out of retries: alarmed, not forgotten
+    assert r.engine.health()["zones"]["rue"]["silent"] == RUE
+    assert await r.step(night_at("23:31:10")) == []  # not before the slow wait
+    await asyncio.sleep(2.05)
+    frames = await r.step(night_at("23:31:20"))
+    assert sorted(f.to for f in frames if f.to in RUE) == sorted(RUE)
+    assert all(not f.multicast and f.command.level == 50 for f in frames  # type: ignore[union-attr]
+               if f.to in RUE)
+    # One alarm per luminaire (of every zone), not one per ask.
+    assert r.engine.counts["not_confirming"] == len(r.engine.luminaires)

@@ -131,8 +131,10 @@ async def step_until(
 
 
 def settled(engine: LightingEngine) -> bool:
-    """No command in flight or waiting for its STATUS (each confirmed or alarmed)."""
-    return all(lm.wait == 0 and not lm.in_flight for lm in engine.luminaires.values())
+    """No command in flight or waiting for its STATUS (each confirmed, or alarmed and only
+    asked again at the slow pace of a silent luminaire)."""
+    return all((lm.wait == 0 or lm.silent) and not lm.in_flight
+               for lm in engine.luminaires.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,7 +428,10 @@ def lamp_levels(rig: LightingRig) -> dict[str, int]:
 
 
 async def test_a_night_of_the_example_street_with_presence(tmp_path: Path) -> None:
-    cfg = example(tmp_path, retries=1)
+    # Two resends: on a loaded machine the simulated gateway's frames can slip in time and
+    # cross answers (hil/radio_medium's known timing bug), and one resend was not always
+    # enough within a step.
+    cfg = example(tmp_path, retries=2)
     assert cfg.lighting is not None
     plan = plan_night(cfg.lighting, NIGHT)
     # 18:00 to 09:00 every 15 min, and one second after each of the plan's switch points.

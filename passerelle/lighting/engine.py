@@ -46,6 +46,10 @@ _STATUS_NAMES = {"ack_seq", "level", "lamp_failure", "driver_failure", "local_pr
 # s between unicast commands: the gateway is half duplex, and a controller answers a
 # unicast at once; the next command sent during that answer would make it unheard.
 UNICAST_GAP = 0.5
+# A luminaire that stopped confirming is still asked, this many confirm timeouts apart: a
+# street light stuck at a stale level (dark, or full all night) must converge once the
+# radio clears, without spending the band on a controller that is really gone.
+SILENT_SLOWDOWN = 10
 SAVE_EVERY = 300.0  # s of wall clock between state saves (flash wear), plus on every override
 
 
@@ -526,8 +530,8 @@ class LightingEngine:
                 # Marked only now: the confirmation clock must not run while it queues.
                 seq = self._next_seq()
                 payload = encode_set_level(seq, lum.target, self._ramp(zone, lum))
-                self._mark(lum, lum.target, seq, self.cfg.confirm_timeout,
-                           lum.attempts + 1 if retry else 1)
+                wait = self.cfg.confirm_timeout * (SILENT_SLOWDOWN if lum.silent else 1)
+                self._mark(lum, lum.target, seq, wait, lum.attempts + 1 if retry else 1)
                 result = await self.downlinks.send(
                     lum.name, COMMAND_FPORT, payload, deadline=self._deadline())
                 if getattr(result, "ok", False):
@@ -566,15 +570,16 @@ class LightingEngine:
         for lum in self.luminaires.values():
             if lum.wait <= 0 or lum.in_flight or mono - lum.sent_at < lum.wait:
                 continue
-            if lum.attempts <= self.cfg.retries:
+            if lum.attempts <= self.cfg.retries or lum.silent:
                 self._spawn(self._unicast(lum, self.cfg.zones[lum.zone], retry=True))
                 continue
-            lum.wait = 0.0
+            # Out of retries: alarm once, then keep asking at a slow pace.
             self.counts["not_confirming"] += 1
-            if not lum.silent:
-                lum.silent = True
-                self._alarm(lum.name, f"not confirming level {lum.sent} after "
-                                      f"{lum.attempts} commands")
+            lum.silent = True
+            lum.sent_at = mono
+            lum.wait = self.cfg.confirm_timeout * SILENT_SLOWDOWN
+            self._alarm(lum.name, f"not confirming level {lum.sent} after "
+                                  f"{lum.attempts} commands")
 
     def _alarm(self, device: str, text: str, *, clear: bool = False) -> None:
         now = self.clock() or time.time()
