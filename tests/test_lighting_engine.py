@@ -914,3 +914,17 @@ async def test_a_silent_luminaire_is_still_asked_at_a_slow_pace(
                if f.to in RUE)
     # One alarm per luminaire (of every zone), not one per ask.
     assert r.engine.counts["not_confirming"] == len(r.engine.luminaires)
+
+
+async def test_a_lamp_that_reports_another_level_once_settled_is_commanded_again() -> None:
+    r = rig(lighting(confirm_timeout=60), multicast_settle=0.0)
+    await r.step(night_at("23:30"))
+    t = night_at("23:30")
+    for lum in RUE:  # every controller confirms the 50 % of the multicast
+        r.engine.observe([Record(lum, "level", 50, t, "%"), Record(lum, "ack_seq", 1, t)])
+    assert await r.step(night_at("23:30:10")) == []
+    # l1's controller restarted on its stored program and says 80 %.
+    r.engine.observe([Record("l1", "level", 80, t + 20, "%")])
+    frames = await r.step(night_at("23:30:30"))
+    assert [(f.to, f.command.level) for f in frames] == [("l1", 50)]  # type: ignore[union-attr]
+    assert r.engine.counts["level_drift"] == 1

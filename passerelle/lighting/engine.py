@@ -248,6 +248,15 @@ class LightingEngine:
             if lum.silent:
                 lum.silent = False
                 self._alarm(lum.name, "confirming again", clear=True)
+        elif (isinstance(level, int) and lum.wait == 0 and not lum.in_flight
+              and lum.sent is not None and level != lum.sent):
+            # Settled, yet the lamp says another level (its controller restarted on its
+            # stored program, or a command overtook another on the air): take the lamp's
+            # word, so the next step commands it again.
+            self.counts["level_drift"] += 1
+            log.info("lighting: %s reports %d %%, commanded %d %%: commanding again",
+                     lum.name, level, lum.sent)
+            lum.sent = level
         failure = bool(fields.get("lamp_failure")) or bool(fields.get("driver_failure"))
         if failure and not lum.lamp_failure:
             self.counts["lamp_failures"] += 1
