@@ -29,6 +29,15 @@ temporary directory that is removed at the end::
 Halfway through, the broker is cut for ``min(5, duration / 4)`` seconds: the store fills,
 then drains once the broker is back. At the end the sources stop, the uplink drains what is
 buffered, and the demo checks that every record produced reached the subscriber.
+
+A third source plays a night of ``examples/street.toml`` (:mod:`passerelle.demo_street`):
+the lighting engine drives simulated luminaire controllers over the simulated radio and
+the contactor over simulated GPIO, on an accelerated clock; its records go upstream with
+the others, through the cut, and the view and the summary show the street (``lighting``
+in ``--json``, with ``energy_received``: the night's energy as the subscriber got it). The
+end waits up to :data:`STREET_GRACE` s for the night to close and its last records to be
+handed to the agent. Without the file (an installed package) the demo says so and runs
+without.
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ SOURCES = ("counter", "env")  # source names; each is also its device
 REFRESH = 0.25  # live view: 4 frames a second
 BATCH_ROWS = 8  # rows of the last pack shown
 DRAIN_TIMEOUT = 20.0
+STREET_GRACE = 3.0  # s the end waits for the street's night to close and be handed over
 EXIT_OK, EXIT_LOST, EXIT_SETUP = 0, 1, 2
 
 PHASE_START = "starting"
@@ -336,10 +346,10 @@ class _Subscriber:
     again in a pack cut differently is not counted twice either.
     """
 
-    def __init__(self, port: int, protocol: int) -> None:
+    def __init__(self, port: int, protocol: int, devices: Sequence[str] = SOURCES) -> None:
         self.port = port
         self.protocol = protocol
-        self.prefixes = tuple(senml.device_base_name(GATEWAY_ID, d) for d in SOURCES)
+        self.prefixes = tuple(senml.device_base_name(GATEWAY_ID, d) for d in devices)
         self.ready = asyncio.Event()  # subscribed (SUBACK received) on the current connection
         self.sessions = 0  # successful subscriptions so far
         self.keys: set[str] = set()
@@ -349,7 +359,7 @@ class _Subscriber:
         self.bytes = 0
         self.duplicate_packs = 0
         self.duplicate_records = 0
-        self.other_records = 0  # not from the demo's sources (the agent's own alarms)
+        self.other_records = 0  # not from the demo's devices (the agent's own alarms)
         self.bad_packs = 0
         self.last_pack: list[senml.Resolved] = []
         self.last_key: str | None = None
@@ -359,6 +369,16 @@ class _Subscriber:
     @property
     def delivered(self) -> int:
         return self.distinct
+
+    def values_of(self, device: str, suffix: str) -> dict[str, list[Any]]:
+        """The distinct values received for ``device``'s records whose name ends with
+        ``suffix``, by name (without the device's base name)."""
+        base = senml.device_base_name(GATEWAY_ID, device)
+        out: dict[str, list[Any]] = {}
+        for (name, value), _ in self.records.items():
+            if name.startswith(base) and name.endswith(suffix):
+                out.setdefault(name.removeprefix(base), []).append(value)
+        return out
 
     async def run(self) -> None:
         version = aiomqtt.ProtocolVersion.V5 if self.protocol == 5 else aiomqtt.ProtocolVersion.V311
@@ -489,6 +509,9 @@ class Demo:
         self.link: _Link | None = None
         self.sub: _Subscriber | None = None
         self.agent: Agent | None = None
+        self.street: Any = None  # demo_street.Street: the example street's lighting
+        self.street_note: str | None = None  # why there is none
+        self._street_seen = 0  # its events already printed (plain output)
         self.warnings = _RecentWarnings()
 
     # -- numbers --------------------------------------------------------------------------
@@ -540,7 +563,16 @@ class Demo:
                 round(up.bytes_sent / up.records_sent, 2) if up.records_sent else None
             ),
             "interrupted": self.interrupted,
+            "lighting": self._street_summary(),
         }
+
+    def _street_summary(self) -> dict[str, Any]:
+        if self.street is None:
+            return {"skipped": self.street_note}
+        out: dict[str, Any] = self.street.summary()
+        # What the gateway sent of the night's energy, as the subscriber decoded it.
+        out["energy_received"] = self.sub.values_of("lighting", "/energy") if self.sub else {}
+        return out
 
     # -- the run --------------------------------------------------------------------------
 
@@ -567,7 +599,13 @@ class Demo:
                 self.broker = _AmqttBroker()
                 await self.broker.start()
 
-            self.sub = _Subscriber(self.broker.port, self.broker.protocol)
+            from .demo_street import prepare  # imports hil: only when a demo runs
+
+            self.street, self.street_note = prepare(tmp, self.duration)
+            if self.street_note:
+                self.notes.append(self.street_note)
+            devices = (*SOURCES, *(self.street.devices if self.street else ()))
+            self.sub = _Subscriber(self.broker.port, self.broker.protocol, devices)
             sub_task = asyncio.create_task(self.sub.run(), name="demo-subscriber")
             await self._wait(self.sub.ready.wait(), 10.0, "the subscriber could not subscribe")
 
@@ -577,6 +615,8 @@ class Demo:
             cfg = parse(_config(tmp / "data", self.link.port, self.broker.protocol), tmp)
             self.agent = agent = Agent(cfg)
             agent.sources = [_Stoppable(s) for s in agent.sources]
+            if self.street is not None:  # its records go through the store and the cut too
+                agent.sources.append(_Stoppable(self.street))
             agent_task = asyncio.create_task(agent.run(), name="demo-agent")
             await asyncio.sleep(0)  # agent.run() installed its signal handlers: take them over
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -662,7 +702,10 @@ class Demo:
         half = self.started + self.duration / 2
         if self.cut_s > 0 and await self._sleep_until(half):
             await self._cut()
-        await self._sleep_until(self.started + self.duration)
+        if await self._sleep_until(self.started + self.duration) and self.street is not None:
+            # The street's night closes just before the end; its last records (the night's
+            # energy) must be in the agent's hands before the sources stop.
+            await self.street.handed_over(STREET_GRACE)
         self.run_s = time.monotonic() - self.started
 
         self.phase = PHASE_DRAIN
@@ -678,6 +721,8 @@ class Demo:
         assert self.link is not None and self.broker is not None and self.sub is not None
         t0 = time.monotonic()
         self.phase = PHASE_CUT
+        if self.street is not None:
+            self.street.backhaul(False)
         await self.link.cut()
         # Let the broker hand the subscriber what it already acknowledged, then kill it.
         quiet_since = time.monotonic()
@@ -696,6 +741,8 @@ class Demo:
                 raise DemoError("the subscriber did not come back after the broker restart")
             await asyncio.sleep(0.01)
         await self.link.open()
+        if self.street is not None:
+            self.street.backhaul(True)
         self.cut_measured = time.monotonic() - t0
         self.phase = PHASE_BACK
 
@@ -745,9 +792,19 @@ class Demo:
                 last_line = time.monotonic()
                 produced_rate, _ = self._sample()
                 print(self._progress_line(produced_rate), file=self.out, flush=True)
+                self._print_street()
             if agent_task.done() and self._stop_requested is not None:
                 self._stop_requested.set()  # the agent died: end the scenario
             await asyncio.sleep(REFRESH)
+
+    def _print_street(self) -> None:
+        street = self.street
+        if street is None:
+            return
+        lines = [f"  {line}" for line in street.recent(self._street_seen)]
+        self._street_seen = street.event_count
+        for line in [f"  {street.status_line()}", *lines]:
+            print(line, file=self.out, flush=True)
 
     def _update_phase(self) -> None:
         if self.agent is None:
@@ -867,6 +924,8 @@ class Demo:
             " (allow_plaintext = true, demo only)",
         )
         parts: list[Any] = [phase, where, Text(""), grid, Text(""), batch]
+        if self.street is not None:
+            parts += [Text(""), self.street.render()]
         if self.warnings.lines:
             parts += [Text(""), Text("\n".join(self.warnings.lines), style="dim")]
         link = f":{self.link.port}" if self.link else ""
@@ -904,6 +963,8 @@ class Demo:
             f"{r['payload_bytes_per_record']} in SenML-CBOR",
             "every record produced was delivered" if ok else f"LOST {r['records_lost']} records",
         ]
+        if self.street is not None:
+            lines += self.street.summary_lines(r["lighting"].get("energy_received"))
         lines += [f"note: {n}" for n in self.notes]
         for line in lines:
             print(line, file=self.out, flush=True)

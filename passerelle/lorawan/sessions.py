@@ -90,10 +90,13 @@ class SessionStore:
             self._remember(Session(*row))
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._db.close()
-            self._db = None
+        # Under the lock: a downlink cancelled meanwhile may still be taking an FCntDown in
+        # its worker thread.
+        with self._lock:
+            if self._db is not None:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._db.close()
+                self._db = None
 
     # -- reads (memory) -------------------------------------------------------------------
 
