@@ -227,7 +227,7 @@ class Agent:
         depth = self.store.stats().depth
         self.uplink.flush(True)
         loop = asyncio.get_running_loop()
-        loop.create_task(self.store.seal())
+        self._sealing = loop.create_task(self.store.seal())  # kept: a bare task may vanish
 
         def check() -> None:
             if self.store.stats().depth == 0 or self._stop.is_set():
