@@ -212,8 +212,9 @@ class Agent:
         for name, n in self.restarts.items():
             if n > marks["restarts"].get(name, 0):
                 return f"{name} crashed since the change"
-        if self.lighting is not None and self.lighting.health().get("plan_error"):
-            return f"lighting: {self.lighting.health()['plan_error']}"
+        plan_error = self.lighting.health().get("plan_error") if self.lighting else None
+        if plan_error:
+            return f"lighting: {plan_error}"
         return None
 
     def request_restart(self, why: str) -> None:

@@ -18,9 +18,6 @@ from paho.mqtt.properties import Properties
 
 log = logging.getLogger("passerelle.control")
 
-# Final statuses: the operator's `ctl push --wait` stops waiting on these.
-FINAL = {"applied", "rejected", "rolled_back", "done", "failed"}
-
 
 class Link(Protocol):
     async def publish(

@@ -130,7 +130,9 @@ class RemoteControl:
 
     def status(self) -> dict[str, Any]:
         return {**self.vault.status(), "keys": self.trust.kids(), "groups": self.groups,
-                "counts": dict(self.counts), **({"last": self.last} if self.last else {})}
+                "counts": dict(self.counts), "acks": {"sent": self.acks.sent,
+                                                       "queued": self.acks.queued},
+                **({"last": self.last} if self.last else {})}
 
     # -- the supervised loop ---------------------------------------------------------------
 
